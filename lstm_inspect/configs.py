@@ -1,0 +1,139 @@
+"""Model configs of every Keras dialect, normalised into one tree of layer specs.
+
+Dialects: Keras 1 and standalone Keras 2.0-2.2 Sequential (`config` is a list of layers), Keras 1
+functional `Model`, tf.keras / Keras 2.2.3+ (`{"name", "layers": [...]}`), Keras 3 (plus `module`,
+`registered_name`, `build_config`). Wrappers and nested models become children with a role.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import CorruptModelError
+
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+RNN_LAYER_CLASSES = frozenset({"LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU",
+                               "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"})
+CELL_CLASSES = frozenset({"LSTMCell", "GRUCell", "SimpleRNNCell",
+                          "ConvLSTMCell", "ConvLSTM1DCell", "ConvLSTM2DCell", "ConvLSTM3DCell",
+                          "PeepholeLSTMCell"})
+# Keras 1 wrote these classes under other names; Keras 1 `SimpleRNN` kept its name.
+_KERAS1_CLASS_ALIASES = {"Merge": "Merge"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A layer as its config describes it."""
+
+    name: str
+    class_name: str
+    config: Mapping[str, Any]
+    children: tuple["Spec", ...] = ()
+    role: str = ""
+    input_shape: tuple[int | None, ...] | None = field(default=None, compare=False)
+
+
+def class_and_config(entry: Any, where: str) -> tuple[str, dict]:
+    if not isinstance(entry, Mapping):
+        raise CorruptModelError(f"{where}: a layer entry is not an object")
+    class_name = entry.get("class_name")
+    config = entry.get("config", {})
+    if not isinstance(class_name, str) or not class_name:
+        raise CorruptModelError(f"{where}: a layer entry has no class_name")
+    if not isinstance(config, (Mapping, list)):
+        raise CorruptModelError(f"{where}: layer {class_name} has a config that is not an object")
+    return class_name, config  # type: ignore[return-value]
+
+
+def parse_model_config(root: Any) -> Spec:
+    """The whole model config (`model_config` attribute or `config.json`) to a Spec tree."""
+    class_name, config = class_and_config(root, "model config")
+    return _spec(root, class_name, config, role="", where="model config")
+
+
+def _layer_entries(config: Any) -> list:
+    if isinstance(config, list):  # Keras 1 / Keras 2.0-2.2 Sequential
+        return config
+    layers = config.get("layers", [])
+    if not isinstance(layers, list):
+        raise CorruptModelError("model config: 'layers' is not a list")
+    return layers
+
+
+def _name_of(entry: Mapping, config: Any, fallback: str) -> str:
+    name = config.get("name") if isinstance(config, Mapping) else None
+    name = name or entry.get("name") or fallback
+    if not isinstance(name, str):
+        raise CorruptModelError(f"model config: a layer name is not a string ({name!r})")
+    return name
+
+
+def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
+          name: str | None = None) -> Spec:
+    name = name or _name_of(entry, config, class_name.lower())
+    if class_name in MODEL_CLASSES or (isinstance(config, Mapping) and "layers" in config
+                                       and class_name not in RNN_LAYER_CLASSES):
+        children = []
+        for i, child in enumerate(_layer_entries(config)):
+            c_class, c_config = class_and_config(child, f"{where}/{name}")
+            children.append(_spec(child, c_class, c_config, "", f"{where}/{name}",
+                                  name=_name_of(child, c_config, f"layer_{i}")))
+        cfg = config if isinstance(config, Mapping) else {"layers": config}
+        return Spec(name, class_name, cfg, tuple(children), role, _input_shape(entry, cfg))
+    if not isinstance(config, Mapping):
+        raise CorruptModelError(f"{where}: layer {name} has a config that is not an object")
+    return Spec(name, class_name, config, tuple(_wrapped(class_name, config, name, where)), role,
+                _input_shape(entry, config))
+
+
+def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Spec]:
+    """Children of wrappers: Bidirectional sides, TimeDistributed's layer, RNN cells."""
+    if class_name == "Bidirectional":
+        inner_class, inner = class_and_config(config.get("layer"), f"{where}/{name}")
+        inner_name = inner.get("name", inner_class.lower())
+        forward = _spec(config["layer"], inner_class, inner, "forward", where,
+                        name=f"forward_{inner_name}")
+        back_entry = config.get("backward_layer")
+        if isinstance(back_entry, Mapping):
+            b_class, b_config = class_and_config(back_entry, f"{where}/{name}")
+            backward = _spec(back_entry, b_class, b_config, "backward", where,
+                             name=b_config.get("name") or f"backward_{inner_name}")
+        else:
+            b_config = dict(inner, go_backwards=not inner.get("go_backwards", False))
+            backward = _spec(config["layer"], inner_class, b_config, "backward", where,
+                             name=f"backward_{inner_name}")
+        return [forward, backward]
+    if "layer" in config and isinstance(config.get("layer"), Mapping):  # TimeDistributed & co.
+        inner_class, inner = class_and_config(config["layer"], f"{where}/{name}")
+        return [_spec(config["layer"], inner_class, inner, "layer", where)]
+    if class_name == "RNN" or ("cell" in config and class_name not in RNN_LAYER_CLASSES):
+        cell = config.get("cell")
+        cells = cell if isinstance(cell, list) else [cell]
+        if len(cells) == 1 and isinstance(cells[0], Mapping) and cells[0].get("class_name") == "StackedRNNCells":
+            cells = cells[0].get("config", {}).get("cells", [])
+        out = []
+        for k, c in enumerate(cells):
+            c_class, c_config = class_and_config(c, f"{where}/{name}")
+            role = "cell" if len(cells) == 1 and not isinstance(cell, list) and \
+                config.get("cell", {}).get("class_name") != "StackedRNNCells" else f"cell_{k}"
+            out.append(_spec(c, c_class, c_config, role, where,
+                             name=c_config.get("name") or f"{c_class.lower()}_{k}"))
+        return out
+    return []
+
+
+def _input_shape(entry: Mapping, config: Mapping) -> tuple[int | None, ...] | None:
+    """Batch input shape when the config states it (build_config, batch_input_shape, batch_shape)."""
+    build = entry.get("build_config") if isinstance(entry, Mapping) else None
+    candidates = [
+        build.get("input_shape") if isinstance(build, Mapping) else None,
+        config.get("batch_input_shape"),
+        config.get("batch_shape"),
+    ]
+    for shape in candidates:
+        if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape):
+            return tuple(shape)
+    if isinstance(config.get("input_dim"), int) and "input_length" in config:  # Keras 1
+        length = config.get("input_length")
+        return (None, length if isinstance(length, int) else None, config["input_dim"])
+    return None

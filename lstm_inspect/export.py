@@ -1,0 +1,186 @@
+"""Writers for per-gate blocks: streaming, atomic, safe to load with `allow_pickle=False`.
+
+`split_gates` writes an `.npz` (a zip of `.npy` members, uncompressed) one block at a time, so
+memory does not grow with the model. The archive is written to a temporary file in the target
+folder and renamed at the end: on any failure nothing is left behind and an existing output is
+untouched. Keys are `<direction path>/<block>` exactly as in `summary --format json`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .cells import Block, Direction, directions
+from .errors import UsageError
+from .formats import open_model
+from .model import Model
+
+META_KEY = "__meta__"
+MATH_LAYOUT = "keras: y = x @ W + h @ U + b; W (input_dim, units), U (units, units), b (units,)"
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    output: str
+    keys: tuple[str, ...]
+    directions: tuple[str, ...]
+    bytes_written: int
+
+
+def select(dirs: Sequence[Direction], patterns: Iterable[str]) -> list[Direction]:
+    """Directions whose path matches any glob (a pattern naming a layer selects all its sides/cells)."""
+    patterns = list(patterns)
+    if not patterns:
+        return list(dirs)
+    chosen = [d for d in dirs if any(_matches(d.path, p) for p in patterns)]
+    if not chosen:
+        known = ", ".join(d.path for d in dirs) or "none"
+        raise UsageError(f"no recurrent layer matches {', '.join(patterns)} (recurrent layers: {known})")
+    return chosen
+
+
+def _matches(path: str, pattern: str) -> bool:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes)
+
+
+def sanitize_key(path: str, block: str) -> str:
+    """An archive member name that cannot escape: no '..', no absolute or empty parts, no controls."""
+    parts = []
+    for part in path.split("/") + [block]:
+        clean = "".join(ch if ch.isprintable() and ch not in "\\:" else "_" for ch in part).strip()
+        if clean in ("", ".", ".."):
+            clean = clean.replace(".", "_") or "_"
+        parts.append(clean)
+    return "/".join(parts)
+
+
+def unique_keys(keys: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for key in keys:
+        candidate = key
+        while candidate in seen or candidate == META_KEY:
+            seen[key] = seen.get(key, 0) + 1
+            candidate = f"{key}~{seen[key]}"
+        seen.setdefault(candidate, 0)
+        out.append(candidate)
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    p = Path(path)
+    if p.is_dir():
+        return None
+    digest = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]], source: str) -> dict:
+    return {
+        "tool": "lstm-inspect",
+        "schema": 1,
+        "source": {"file": os.path.basename(os.path.normpath(source)), "sha256": file_sha256(source),
+                   "format": model.format, "keras_version": model.keras_version},
+        "math_layout": MATH_LAYOUT,
+        "directions": {
+            d.path: {
+                "kind": d.kind.value, "class": d.class_name, "units": d.units, "input_dim": d.input_dim,
+                "gates": list(d.gates), "kernel_size": list(d.kernel_size) if d.kernel_size else None,
+                "use_bias": d.use_bias, "reset_after": d.reset_after,
+                "activation": d.activation, "recurrent_activation": d.recurrent_activation,
+                "corrections": list(d.corrections),
+                "blocks": {b.name: {"key": k, "shape": list(b.shape)} for b, k in zip(d.blocks, keys[d.path])},
+            } for d in dirs
+        },
+    }
+
+
+@contextmanager
+def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[str]:
+    """Yield a temporary path in the target folder; rename it over `out` only if the body succeeds."""
+    target = Path(out)
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists (use --force to replace it)")
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_npz(tmp: str, items: Iterable[tuple[str, Callable[[], np.ndarray]]],
+              progress: ProgressFn | None = None, total: int = 0) -> int:
+    """Write arrays one at a time into an uncompressed npz; returns the bytes of array data written."""
+    done = 0
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, produce in items:
+            array = produce()
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+            done += array.nbytes
+            if progress:
+                progress(done, total)
+            del array
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return done
+
+
+def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),
+                force: bool = False, progress: ProgressFn | None = None,
+                tmp_path: str | None = None) -> SplitResult:
+    """Write every selected direction's per-gate blocks to `out` (.npz), atomically.
+
+    With `tmp_path` the caller owns the temporary file (the guarded CLI: the child writes it, the
+    parent renames it); otherwise this function creates it beside `out` and renames it itself.
+    """
+    with open_model(model_path) as model:
+        dirs = select(directions(model), patterns)
+        keys = {d.path: unique_keys([sanitize_key(d.path, b.name) for b in d.blocks]) for d in dirs}
+        # Keys must also be unique across directions (two hostile paths may sanitise alike).
+        flat = unique_keys([k for d in dirs for k in keys[d.path]])
+        it = iter(flat)
+        keys = {d.path: [next(it) for _ in d.blocks] for d in dirs}
+        meta = metadata(model, dirs, keys, str(model_path))
+        total = sum(b.size * np.dtype(_np_dtype(b)).itemsize for d in dirs for b in d.blocks)
+        items: list[tuple[str, Callable[[], np.ndarray]]] = [
+            (k, b.read) for d in dirs for b, k in zip(d.blocks, keys[d.path])]
+        items.append((META_KEY, lambda: np.array(json.dumps(meta, indent=1))))
+        if tmp_path is not None:
+            written = write_npz(tmp_path, items, progress, total)
+        else:
+            with atomic_output(out, force) as tmp:
+                written = write_npz(tmp, items, progress, total)
+    return SplitResult(str(out), tuple(flat), tuple(d.path for d in dirs), written)
+
+
+def _np_dtype(block: Block) -> str:
+    return block.source.dtype if block.source.dtype != "bfloat16" else "uint16"

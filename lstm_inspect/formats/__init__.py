@@ -1,0 +1,241 @@
+"""One entry point for every file dialect: `open_model(path)` sniffs the bytes and dispatches.
+
+Readers never import TensorFlow or Keras and never unpickle: a Keras 3 archive holding the
+pickled `model.weights.npz` is refused.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+
+from ..configs import parse_model_config
+from ..errors import CorruptModelError, InspectError, NotAModelError, UnsafeModelError, \
+    UnsupportedDialectError
+from ..model import Model
+from .. import safety
+from .keras3 import K3Tree, read_tree
+from .legacy_h5 import is_legacy, read_legacy
+
+__all__ = ["open_model"]
+
+
+def open_model(path: str | os.PathLike, limits: "safety.Limits | None" = None) -> Model:
+    """Read any supported model file into the neutral Model. Close it when done (or use `with`)."""
+    limits = limits or safety.Limits()
+    label = str(path)
+    closers: list[Callable[[], None]] = []
+    try:
+        container = safety.sniff(path, limits)
+        fields = _DISPATCH[container](Path(path), limits, closers)
+    except InspectError as err:
+        _close_all(closers)
+        err.file = err.file or label
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+        _close_all(closers)
+        raise CorruptModelError(f"cannot be read: {_describe(err)}", file=label) from err
+    except BaseException:
+        _close_all(closers)
+        raise
+    return Model(file=label, _close=lambda: _close_all(closers), **fields)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _close_all(closers: list[Callable[[], None]]) -> None:
+    while closers:
+        try:
+            closers.pop()()
+        except Exception:  # closing is best effort; the data was already read or the error raised
+            pass
+
+
+def _open_h5(source: Any, limits: "safety.Limits", closers: list) -> h5py.File:
+    f = safety.open_h5(source, limits)
+    closers.append(f.close)
+    return f
+
+
+def _read_hdf5(path: Path, limits: "safety.Limits", closers: list) -> dict:
+    f = _open_h5(path, limits, closers)
+    return _read_h5_file(f, limits)
+
+
+def _read_h5_file(f: h5py.File, limits: "safety.Limits") -> dict:
+    load_json = lambda data, what: safety.load_json(data, what, limits)  # noqa: E731
+    if is_legacy(f):
+        return read_legacy(f, load_json)
+    if "layers" in f or "vars" in f:
+        tree = K3Tree()
+        tree.add_file(f)
+        return {"format": "keras-weights-h5", "layers": read_tree(tree, None), "has_config": False}
+    raise UnsupportedDialectError("an HDF5 file, but not a Keras model or weights file "
+                                  "(no model_config, layer_names or layers/ group)")
+
+
+def _read_zip(path: Path, limits: "safety.Limits", closers: list) -> dict:
+    raw = open(path, "rb")
+    closers.append(raw.close)
+    try:
+        zf = zipfile.ZipFile(raw)
+    except zipfile.BadZipFile as err:
+        raise NotAModelError(f"not a valid zip archive ({err})") from err
+    closers.append(zf.close)
+    safety.check_zip(zf, limits)
+    names = set(zf.namelist())
+    if "model.weights.npz" in names and "model.weights.h5" not in names:
+        raise UnsafeModelError("its weights are model.weights.npz, whose entries are pickled "
+                               "Python objects; lstm-inspect never unpickles (re-save as .h5 weights)")
+    read = lambda name: safety.read_member(zf, name, limits)  # noqa: E731
+    return _read_archive(names, read, lambda name: _zip_member_h5(raw, zf, name, limits, closers),
+                         limits, fmt="keras-zip")
+
+
+def _read_dir(path: Path, limits: "safety.Limits", closers: list) -> dict:
+    names = {p.name for p in path.iterdir() if p.is_file()}
+    if not ({"config.json", "model.weights.h5"} & names):
+        raise NotAModelError("a directory, but not an unzipped Keras model "
+                             "(no config.json or model.weights.h5)")
+    if "model.weights.npz" in names and "model.weights.h5" not in names:
+        raise UnsafeModelError("its weights are model.weights.npz (pickled); lstm-inspect never unpickles")
+
+    def read(name: str) -> bytes:
+        return _read_small_file(path / name, limits)
+
+    def open_member(name: str) -> h5py.File:
+        member = path / name
+        if safety.sniff(member, limits) is not safety.Container.HDF5:
+            raise NotAModelError(f"{name} is not an HDF5 file")
+        return _open_h5(member, limits, closers)
+
+    return _read_archive(names, read, open_member, limits, fmt="keras-dir")
+
+
+def _read_small_file(path: Path, limits: "safety.Limits") -> bytes:
+    if not path.is_file():
+        raise CorruptModelError(f"{path.name} is missing")
+    with open(path, "rb") as fh:
+        data = fh.read(limits.max_json_bytes + 1)
+    if len(data) > limits.max_json_bytes:
+        raise UnsafeModelError(f"{path.name} is larger than {limits.max_json_bytes} bytes")
+    return data
+
+
+def _read_archive(names: set[str], read: Callable[[str], bytes], open_member: Callable[[str], h5py.File],
+                  limits: "safety.Limits", fmt: str) -> dict:
+    """Shared by the zip and the folder form of a Keras 3 model."""
+    load_json = lambda data, what: safety.load_json(data, what, limits)  # noqa: E731
+    metadata = load_json(read("metadata.json"), "metadata.json") if "metadata.json" in names else {}
+    if not isinstance(metadata, dict):
+        raise CorruptModelError("metadata.json is not an object")
+    root = parse_model_config(load_json(read("config.json"), "config.json")) \
+        if "config.json" in names else None
+    tree = K3Tree()
+    if "model.weights.h5" in names:
+        tree.add_file(open_member("model.weights.h5"))
+    elif "model.weights.json" in names:
+        for shard in _shard_names(load_json(read("model.weights.json"), "model.weights.json"), names):
+            tree.add_file(open_member(shard))
+    else:
+        raise CorruptModelError("no model.weights.h5 in the archive")
+    keras_version = metadata.get("keras_version")
+    return {"format": fmt, "layers": read_tree(tree, root), "has_config": root is not None,
+            "keras_version": str(keras_version) if keras_version is not None else None,
+            "name": root.name if root else None, "class_name": root.class_name if root else None}
+
+
+def _zip_member_h5(raw: io.BufferedReader, zf: zipfile.ZipFile, name: str, limits: "safety.Limits",
+                   closers: list) -> h5py.File:
+    """Open an HDF5 member in place when it is stored uncompressed (as Keras writes it), else in memory."""
+    info = zf.getinfo(name)
+    if info.compress_type == zipfile.ZIP_STORED:
+        raw.seek(info.header_offset)
+        header = raw.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptModelError(f"{name}: bad local zip header")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        source: Any = _Window(raw, start, info.file_size)
+    else:
+        source = io.BytesIO(safety.read_member(zf, name, limits))
+    if source.read(8) != b"\x89HDF\r\n\x1a\n":
+        raise NotAModelError(f"{name} inside the archive is not an HDF5 file")
+    source.seek(0)
+    return _open_h5(source, limits, closers)
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of [start, start+size) of an open file: the zip member in place."""
+
+    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
+        self._raw, self._start, self._size, self._pos = raw, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._raw.seek(self._start + self._pos)
+        got = self._raw.readinto(memoryview(buffer)[:n])
+        self._pos += got or 0
+        return got or 0
+
+
+def _shard_names(index: Any, names: set[str]) -> list[str]:
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CorruptModelError("sharded weights index has no weight_map")
+    shards: list[str] = []
+    for value in index["weight_map"].values():
+        for shard in value if isinstance(value, list) else [value]:
+            if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
+                raise UnsafeModelError(f"sharded weights index names a bad file: {shard!r}")
+            if shard not in shards:
+                shards.append(shard)
+    missing = [s for s in shards if s not in names]
+    if missing:
+        raise CorruptModelError(f"shard {missing[0]} named by the index is missing")
+    return shards
+
+
+def _read_json_index(path: Path, limits: "safety.Limits", closers: list) -> dict:
+    """A sharded `*.weights.json` beside its `*_00000.weights.h5` shards."""
+    index = safety.load_json(_read_small_file(path, limits), path.name, limits)
+    folder = path.parent
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    tree = K3Tree()
+    for shard in _shard_names(index, names):
+        member = folder / shard
+        if safety.sniff(member, limits) is not safety.Container.HDF5:
+            raise NotAModelError(f"shard {shard} is not an HDF5 file")
+        tree.add_file(_open_h5(member, limits, closers))
+    return {"format": "keras-weights-sharded", "layers": read_tree(tree, None), "has_config": False}
+
+
+_DISPATCH = {
+    safety.Container.HDF5: _read_hdf5,
+    safety.Container.ZIP: _read_zip,
+    safety.Container.DIRECTORY: _read_dir,
+    safety.Container.JSON: _read_json_index,
+}

@@ -1,0 +1,206 @@
+"""Pieces shared by the readers: HDF5 attribute decoding, lazy weights, and putting a layer's
+flat weight list onto its config tree (or inferring the tree when a file has no config)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from ..configs import CELL_CLASSES, RNN_LAYER_CLASSES, Spec
+from ..errors import CorruptModelError
+from ..model import Layer, Weight, strip_tf_suffix
+
+NON_TRAINABLE_NAMES = frozenset({"moving_mean", "moving_variance", "running_mean", "running_std"})
+
+
+def decode(value: Any) -> Any:
+    """HDF5 attributes arrive as bytes, str, numpy scalars or arrays of those."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [decode(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
+    """A list attribute such as `layer_names`, also when Keras chunked it as `name0`, `name1`, ..."""
+    if name in obj.attrs:
+        value = decode(obj.attrs[name])
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if f"{name}0" not in obj.attrs:
+        return None
+    out: list[str] = []
+    k = 0
+    while f"{name}{k}" in obj.attrs:
+        out.extend(str(v) for v in decode(obj.attrs[f"{name}{k}"]))
+        k += 1
+    return out
+
+
+def attr_str(obj: h5py.HLObject, name: str) -> str | None:
+    if name not in obj.attrs:
+        return None
+    value = decode(obj.attrs[name])
+    return str(value) if value is not None else None
+
+
+def dataset_dtype(ds: h5py.Dataset) -> str:
+    declared = ds.attrs.get("dtype") if "dtype" in ds.attrs else None
+    if declared is not None:
+        declared = decode(declared)
+        if declared == "bfloat16":
+            return "bfloat16"
+    return ds.dtype.name
+
+
+def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True) -> Weight:
+    def read(selection: Any = Ellipsis, _ds: h5py.Dataset = ds) -> np.ndarray:
+        if selection is Ellipsis:
+            return np.asarray(_ds[()])
+        return np.asarray(_ds[selection])
+
+    short = strip_tf_suffix(name).rsplit("/", 1)[-1]
+    return Weight(name=name, shape=tuple(int(d) for d in ds.shape), dtype=dataset_dtype(ds),
+                  trainable=trainable and short not in NON_TRAINABLE_NAMES,
+                  location=ds.name, _read=read)
+
+
+# --- putting weights onto a config tree -------------------------------------------------------
+
+def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = True) -> Layer:
+    """Distribute a top-level layer's flat weight list over its spec tree, by name, then by order."""
+    trainable = trainable and bool(spec.config.get("trainable", True))
+    weights = [w if trainable else _frozen(w) for w in weights]
+    if not spec.children:
+        return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(weights), (), spec.role,
+                     input_shape=spec.input_shape)
+    buckets: dict[int, list[Weight]] = {i: [] for i in range(len(spec.children))}
+    unmatched: list[Weight] = []
+    for w in weights:
+        idx = _match_child(spec, w)
+        (buckets[idx] if idx is not None else unmatched).append(w)
+    if unmatched:
+        if all(not b for b in buckets.values()) and len(unmatched) % len(spec.children) == 0:
+            per = len(unmatched) // len(spec.children)  # positional: same-shaped children in order
+            for i in buckets:
+                buckets[i] = unmatched[i * per:(i + 1) * per]
+            unmatched = []
+    children = tuple(layer_from_spec(c, buckets[i], trainable) for i, c in enumerate(spec.children))
+    return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(unmatched), children, spec.role,
+                 input_shape=spec.input_shape)
+
+
+def _frozen(w: Weight) -> Weight:
+    return Weight(w.name, w.shape, w.dtype, False, w.location, w._read)
+
+
+def _match_child(spec: Spec, weight: Weight) -> int | None:
+    if len(spec.children) == 1:
+        return 0
+    parts = strip_tf_suffix(weight.name).split("/")
+    for i, child in enumerate(spec.children):
+        if child.name in parts:
+            return i
+    if spec.class_name == "Bidirectional":
+        for part in parts:
+            for side in ("forward", "backward"):
+                if part.startswith(side):
+                    return next(i for i, c in enumerate(spec.children) if c.role == side)
+    return None
+
+
+# --- inferring layers from weight names and shapes (files without a config) -------------------
+
+_KERAS1_LSTM = re.compile(r"^(?P<prefix>.*?)_?(?P<kind>[WUb])_(?P<gate>[icfo])$")
+_KERAS1_GRU = re.compile(r"^(?P<prefix>.*?)_?(?P<kind>[WUb])_(?P<gate>[zrh])$")
+
+
+def infer_layer(name: str, weights: Sequence[Weight]) -> Layer:
+    """Guess a layer's class (and Bidirectional sides) from its weight names and shapes."""
+    sides = _split_sides(weights)
+    if sides:
+        children = tuple(_infer_leaf(f"{role}_{name}", ws, role) for role, ws in sides)
+        inner = children[0].class_name
+        return Layer(name, "Bidirectional", {"layer": {"class_name": inner}}, True, (), children,
+                     inferred=True)
+    return _infer_leaf(name, weights, "")
+
+
+def _split_sides(weights: Sequence[Weight]) -> list[tuple[str, list[Weight]]] | None:
+    sides: dict[str, list[Weight]] = {"forward": [], "backward": []}
+    for w in weights:
+        parts = strip_tf_suffix(w.name).split("/")
+        side = next((s for p in parts for s in sides if p.startswith(s)), None)
+        if side is None:
+            return None
+        sides[side].append(w)
+    if not sides["forward"] or not sides["backward"]:
+        return None
+    return list(sides.items())
+
+
+def _infer_leaf(name: str, weights: Sequence[Weight], role: str) -> Layer:
+    class_name = infer_class(name, weights)
+    return Layer(name, class_name, None, True, tuple(weights), (), role, inferred=True)
+
+
+def infer_class(name: str, weights: Sequence[Weight]) -> str:
+    shorts = [w.short_name for w in weights]
+    lowered = name.lower()
+    if any(_KERAS1_LSTM.match(s) for s in shorts) and any(s.endswith("_f") for s in shorts):
+        return "LSTM"
+    if any(_KERAS1_GRU.match(s) for s in shorts) and any(s.endswith("_z") for s in shorts):
+        return "GRU"
+    by_short = {s: w for s, w in zip(shorts, weights)}
+    kernel = by_short.get("kernel")
+    recurrent = by_short.get("recurrent_kernel")
+    bias = by_short.get("bias")
+    if recurrent is None and len(weights) in (2, 3) and shorts[0].endswith("W") and shorts[1].endswith("U"):
+        return "SimpleRNN"  # Keras 1: <name>_W, <name>_U, <name>_b
+    if kernel is not None and recurrent is not None:
+        if len(kernel.shape) > 2:
+            return f"ConvLSTM{len(kernel.shape) - 2}D"
+        units = recurrent.shape[0]
+        gates = recurrent.shape[-1] // units if units else 0
+        if bias is not None and bias.shape == (8 * units,) and gates == 4:
+            return "CuDNNLSTM"
+        if bias is not None and bias.shape == (6 * units,) and gates == 3:
+            return "CuDNNGRU"
+        return {4: "LSTM", 3: "GRU", 1: "SimpleRNN"}.get(gates, "RNN")
+    if "embeddings" in by_short:
+        return "Embedding"
+    if "moving_mean" in by_short:
+        return "BatchNormalization"
+    if kernel is not None:
+        return "Dense" if len(kernel.shape) == 2 else f"Conv{len(kernel.shape) - 2}D"
+    if {"W", "b"} <= {s.rsplit("_", 1)[-1] for s in shorts} and len(weights) == 2:
+        return "Dense"  # Keras 1 <name>_W, <name>_b
+    if "dropout" in lowered:
+        return "Dropout"
+    return "Unknown" if weights else "Unknown (no weights)"
+
+
+def natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def ensure(condition: bool, message: str) -> None:
+    if not condition:
+        raise CorruptModelError(message)
+
+
+def flatten(items: Iterable[Iterable[Weight]]) -> list[Weight]:
+    return [w for group in items for w in group]
+
+
+def config_get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
+    if not config:
+        return default
+    for key in keys:
+        if key in config:
+            return config[key]
+    return default

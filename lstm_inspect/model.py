@@ -1,0 +1,135 @@
+"""The neutral model every file dialect is read into: layers as a tree, weights as lazy handles.
+
+Readers (lstm_inspect.formats) build these records; nothing here knows about a file dialect.
+Weight values are read only when asked (`Weight.read`), so summarising a 1 GB model touches
+only its metadata.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+# A reader callable: given a numpy-style selection (or Ellipsis), returns that part of the array.
+ReadFn = Callable[[Any], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One stored tensor. `name` is as the file names it (or a readable stand-in for positional dialects)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    trainable: bool = True
+    location: str = ""  # where it lives in the container (HDF5 path), for messages and metadata
+    _read: ReadFn | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * dtype_itemsize(self.dtype)
+
+    def read(self, selection: Any = Ellipsis) -> np.ndarray:
+        """Read the values (or a hyperslab of them) from the file."""
+        if self._read is None:
+            raise RuntimeError(f"weight {self.name} has no data source")
+        return self._read(selection)
+
+    @property
+    def short_name(self) -> str:
+        """The last path component without a TF ':0' suffix (kernel, recurrent_kernel, W_i, ...)."""
+        return strip_tf_suffix(self.name).rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer, a wrapper or a nested model. `children` carry wrapped layers, cells and sub-models.
+
+    `role` says how a child hangs off its parent: "forward"/"backward" for Bidirectional sides,
+    "layer" for TimeDistributed, "cell" for RNN(cell), "cell_<k>" for stacked cells, "" for a
+    nested model's layers.
+    """
+
+    name: str
+    class_name: str
+    config: Mapping[str, Any] | None = None
+    trainable: bool = True
+    weights: tuple[Weight, ...] = ()
+    children: tuple["Layer", ...] = ()
+    role: str = ""
+    inferred: bool = False  # class guessed from weight names/shapes (weights-only files)
+    input_shape: tuple[int | None, ...] | None = None  # batch input shape, when the config states it
+
+    def all_weights(self) -> Iterator[Weight]:
+        yield from self.weights
+        for child in self.children:
+            yield from child.all_weights()
+
+    @property
+    def params(self) -> int:
+        return sum(w.size for w in self.all_weights())
+
+    def child(self, role: str) -> "Layer | None":
+        return next((c for c in self.children if c.role == role), None)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A whole file read into neutral records. Close it (or use `with`) to release the file."""
+
+    file: str
+    format: str  # e.g. "hdf5-legacy", "hdf5-weights", "keras-zip", "keras-dir", "keras-weights-h5"
+    layers: tuple[Layer, ...]
+    keras_version: str | None = None
+    backend: str | None = None
+    name: str | None = None
+    class_name: str | None = None
+    has_config: bool = False
+    notes: tuple[str, ...] = ()
+    _close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def all_weights(self) -> Iterator[Weight]:
+        for layer in self.layers:
+            yield from layer.all_weights()
+
+    @property
+    def total_params(self) -> int:
+        return sum(w.size for w in self.all_weights())
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(w.size for w in self.all_weights() if w.trainable)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def strip_tf_suffix(name: str) -> str:
+    """TF1/TF2 variable names end in ':0'; Keras 3 names do not."""
+    head, sep, tail = name.rpartition(":")
+    return head if sep and tail.isdigit() else name
+
+
+_ITEMSIZE_OVERRIDES = {"bfloat16": 2}
+
+
+def dtype_itemsize(dtype: str) -> int:
+    if dtype in _ITEMSIZE_OVERRIDES:
+        return _ITEMSIZE_OVERRIDES[dtype]
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 0

@@ -1,0 +1,179 @@
+"""Renderers for the summary data: a rich table, GitHub-flavoured Markdown, JSON. One `--format`."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, Iterable
+
+from rich import box
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from .cells import GATE_MEANING
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_shape(shape: Iterable[Any] | None) -> str:
+    if shape is None:
+        return "?"
+    dims = ["None" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def fmt_block(shape: list[int] | None) -> str:
+    return "×".join(str(d) for d in shape) if shape else "-"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def header_line(s: dict) -> str:
+    parts = [s["format"]]
+    if s.get("keras_version"):
+        parts.append(f"Keras {s['keras_version']}")
+    if s.get("backend"):
+        parts.append(f"backend {s['backend']}")
+    if s.get("model_class"):
+        parts.append(f"{s['model_class']} {s.get('model_name') or ''}".strip())
+    if not s.get("has_config"):
+        parts.append("no config: layer classes inferred from weight names and shapes")
+    return " · ".join(parts)
+
+
+def totals_lines(s: dict) -> list[str]:
+    dtype_text = ", ".join(f"{d} {fmt_bytes(b)}" for d, b in s["bytes_by_dtype"].items()) or "none"
+    return [
+        f"Total params: {fmt_int(s['total_params'])} ({fmt_bytes(s['total_bytes'])})",
+        f"Trainable params: {fmt_int(s['trainable_params'])}",
+        f"Non-trainable params: {fmt_int(s['non_trainable_params'])}",
+        f"Weights by dtype: {dtype_text}",
+    ]
+
+
+def _layer_rows(layers: list[dict], depth: int = 0) -> Iterable[tuple[str, str, str, str]]:
+    for layer in layers:
+        shapes = ", ".join(fmt_shape(w["shape"]) for w in layer["weights"]) or "-"
+        cls = layer["class"] + (" (inferred)" if layer.get("inferred") else "")
+        yield ("  " * depth + layer["name"], cls, shapes, fmt_int(layer["params"]))
+        yield from _layer_rows(layer.get("layers", []), depth + 1)
+
+
+def _gate_rows(d: dict) -> Iterable[list[str]]:
+    blocks = d["blocks"]
+    gates = d["gates"] or [""]
+    for g in gates:
+        suffix = f"_{g}" if g else ""
+        label = f"{g} ({GATE_MEANING[g]})" if g else "(single block)"
+        row = [label] + [fmt_block(blocks.get(f"{k}{suffix}")) for k in ("W", "U", "b")]
+        if any(k.startswith("bU") for k in blocks):
+            row.append(fmt_block(blocks.get(f"bU{suffix}")))
+        row.append(fmt_int(sum(n for k, n in d["block_params"].items() if k.endswith(suffix) or not g)))
+        yield row
+
+
+def direction_title(d: dict) -> str:
+    extra = f", reset_after={d['reset_after']}" if d["reset_after"] is not None else ""
+    return (f"{d['path']} — {d['kind']} ({d['class']}), units {d['units']}, "
+            f"input {d['input_dim']}{extra}, {fmt_int(d['params'])} params")
+
+
+def direction_facts(d: dict) -> list[str]:
+    facts = []
+    if d["output_shape"] is not None:
+        facts.append(f"output {fmt_shape(d['output_shape'])}")
+    if d["state_shapes"] is not None:
+        names = ["h", "c"] if len(d["state_shapes"]) == 2 else ["h"]
+        facts.append("states " + ", ".join(f"{n} {fmt_shape(s)}" for n, s in zip(names, d["state_shapes"])))
+    if d["activation"] or d["recurrent_activation"]:
+        facts.append(f"activation {d['activation'] or '?'}"
+                     + (f", recurrent {d['recurrent_activation']}" if d["recurrent_activation"] else ""))
+    flags = [f"{k}={d[k]}" for k in ("return_sequences", "return_state", "stateful", "go_backwards")
+             if d[k] is not None]
+    if flags:
+        facts.append(" ".join(flags))
+    return facts
+
+
+# --- table -------------------------------------------------------------------------------------
+
+def render_table(summaries: list[dict], console: Console) -> None:
+    plain = not console.is_terminal
+    style_box = box.ASCII if plain else box.SIMPLE_HEAVY
+    for i, s in enumerate(summaries):
+        if i:
+            console.print()
+        console.print(Text(s["file"], style="bold"), Text(" " + header_line(s)))
+        table = Table(box=style_box, show_footer=False)
+        for col, justify in (("Layer", "left"), ("Class", "left"), ("Weights", "left"), ("Params", "right")):
+            table.add_column(col, justify=justify, overflow="fold")
+        for row in _layer_rows(s["layers"]):
+            table.add_row(*(escape(c) for c in row))
+        console.print(table)
+        for line in totals_lines(s):
+            console.print(escape(line))
+        for d in s["recurrent"]:
+            console.print()
+            console.print(Text(direction_title(d), style="bold"))
+            gates = Table(box=style_box)
+            cols = ["Gate", "W", "U", "b"] + (["bU"] if any(k.startswith("bU") for k in d["blocks"]) else []) \
+                + ["Params"]
+            for col in cols:
+                gates.add_column(col, justify="right" if col == "Params" else "left")
+            for row in _gate_rows(d):
+                gates.add_row(*row)
+            console.print(gates)
+            for fact in direction_facts(d):
+                console.print("  " + escape(fact))
+            for note in d["notes"]:
+                console.print("  note: " + escape(note))
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: Iterable[Iterable[str]], right: set[int] = frozenset()) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(summaries: list[dict]) -> str:
+    out: list[str] = []
+    for s in summaries:
+        out += [f"## `{s['file']}`", "", header_line(s), ""]
+        out += _md_table(["Layer", "Class", "Weights", "Params"],
+                         ([f"`{r[0].strip()}`", r[1], r[2], r[3]] for r in _layer_rows(s["layers"])), {3})
+        out += [""] + [f"- {line}" for line in totals_lines(s)] + [""]
+        for d in s["recurrent"]:
+            out += [f"### {direction_title(d)}", ""]
+            cols = ["Gate", "W", "U", "b"] + (["bU"] if any(k.startswith("bU") for k in d["blocks"]) else []) \
+                + ["Params"]
+            out += _md_table(cols, _gate_rows(d), {len(cols) - 1})
+            out += [""] + [f"- {f}" for f in direction_facts(d)] + [f"- note: {n}" for n in d["notes"]] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_json(summaries: list[dict], as_list: bool = False) -> str:
+    """One object for one file, a list when several files were asked for."""
+    data: Any = summaries if as_list else summaries[0]
+    return json.dumps(data, indent=2) + "\n"

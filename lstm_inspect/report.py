@@ -1,0 +1,83 @@
+"""The summary as plain data: the JSON contract of `summary --format json`, also used by the other
+renderers and by snapshot/check. Built from the neutral model; reads no weight values."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .cells import Direction, directions
+from .model import Layer, Model
+
+SCHEMA_VERSION = 1
+
+
+def summarize(model: Model, dirs: list[Direction] | None = None) -> dict[str, Any]:
+    dirs = directions(model) if dirs is None else dirs
+    total = model.total_params
+    trainable = model.trainable_params
+    by_dtype: Counter[str] = Counter()
+    for w in model.all_weights():
+        by_dtype[w.dtype] += w.nbytes
+    return {
+        "file": model.file,
+        "format": model.format,
+        "keras_version": model.keras_version,
+        "backend": model.backend,
+        "model_name": model.name,
+        "model_class": model.class_name,
+        "has_config": model.has_config,
+        "total_params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        "bytes_by_dtype": dict(sorted(by_dtype.items())),
+        "total_bytes": sum(by_dtype.values()),
+        "layers": [layer_dict(layer) for layer in model.layers],
+        "recurrent": [direction_dict(d) for d in dirs],
+        "notes": list(model.notes),
+    }
+
+
+def layer_dict(layer: Layer) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": layer.name,
+        "class": layer.class_name,
+        "params": layer.params,
+        "trainable": layer.trainable,
+        "inferred": layer.inferred,
+        "weights": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype, "trainable": w.trainable}
+                    for w in layer.all_weights()],
+    }
+    nested = [c for c in layer.children if not c.role]
+    if nested:
+        out["layers"] = [layer_dict(c) for c in nested]
+    return out
+
+
+def direction_dict(d: Direction) -> dict[str, Any]:
+    gate_params = {g: sum(b.size for b in d.blocks if b.name.endswith(f"_{g}")) for g in d.gates}
+    return {
+        "path": d.path,
+        "kind": d.kind.value,
+        "class": d.class_name,
+        "units": d.units,
+        "input_dim": d.input_dim,
+        "gates": list(d.gates),
+        "params": d.params,
+        "gate_params": gate_params,
+        "blocks": {b.name: list(b.shape) for b in d.blocks},
+        "block_params": {b.name: b.size for b in d.blocks},
+        "kernel_size": list(d.kernel_size) if d.kernel_size else None,
+        "use_bias": d.use_bias,
+        "reset_after": d.reset_after,
+        "activation": d.activation,
+        "recurrent_activation": d.recurrent_activation,
+        "return_sequences": d.return_sequences,
+        "return_state": d.return_state,
+        "stateful": d.stateful,
+        "go_backwards": d.go_backwards,
+        "output_shape": list(d.output_shape) if d.output_shape is not None else None,
+        "state_shapes": [list(s) for s in d.state_shapes] if d.state_shapes is not None else None,
+        "layout": "keras (x @ W): W (input_dim, units), U (units, units), b (units,)",
+        "corrections": list(d.corrections),
+        "notes": list(d.notes),
+    }
