@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -131,11 +131,11 @@ def directions(model: Model) -> list[Direction]:
     out: list[Direction] = []
     shapes = _input_shapes(model)
     for layer in model.layers:
-        out.extend(_walk(layer, layer.name, shapes.get(id(layer)), model))
+        out.extend(_walk(layer, layer.name, shapes.get(id(layer)), model, shapes))
     return out
 
 
-def _walk(layer: Layer, path: str, input_shape, model: Model) -> Iterator[Direction]:
+def _walk(layer: Layer, path: str, input_shape, model: Model, shapes: dict) -> Iterator[Direction]:
     kind = kind_of(layer.class_name)
     if kind is not None and (layer.weights or not layer.children):
         if layer.weights:
@@ -143,7 +143,7 @@ def _walk(layer: Layer, path: str, input_shape, model: Model) -> Iterator[Direct
         return
     if layer.class_name == "Bidirectional":
         for child in layer.children:
-            yield from _walk(child, f"{path}/{child.role}", input_shape, model)
+            yield from _walk(child, f"{path}/{child.role}", input_shape, model, shapes)
         return
     cells = [c for c in layer.children if c.role.startswith("cell")]
     if cells:
@@ -154,19 +154,21 @@ def _walk(layer: Layer, path: str, input_shape, model: Model) -> Iterator[Direct
                 config = dict(cell.config or {}, **_rnn_flags(layer.config))
                 yield _direction(cell, config, path, k, input_shape, model, class_name=layer.class_name)
             return
-        shape = input_shape
+        # Keras returns the last cell's output for the whole stack; each cell has its own state.
+        layer_out = _rnn_outputs(layer, input_shape) if input_shape is not None else None
         for cell in cells:
             k = kind_of(cell.class_name)
             if k is not None and cell.weights:
                 d = _direction(cell, dict(cell.config or {}, **_rnn_flags(layer.config)),
-                               f"{path}/{cell.role}", k, shape, model)
+                               f"{path}/{cell.role}", k, input_shape, model)
+                if layer_out is not None:
+                    d = replace(d, output_shape=layer_out[0])
                 yield d
-                shape = (shape[0] if shape else None, shape[1] if shape else None, d.units)
         return
     for child in layer.children:
         child_path = path if child.role == "layer" else f"{path}/{child.name}"
-        yield from _walk(child, child_path, input_shape if child.role == "layer" else child.input_shape,
-                         model)
+        child_shape = input_shape if child.role == "layer" else shapes.get(id(child))
+        yield from _walk(child, child_path, child_shape, model, shapes)
 
 
 def _rnn_flags(config: Mapping | None) -> dict:
@@ -193,8 +195,10 @@ def _direction(layer: Layer, config: Mapping | None, path: str, kind: CellKind,
     use_bias = any(b.name.startswith("b") for b in blocks)
     reset_after = None
     if kind is CellKind.GRU:
-        reset_after = any(b.name.startswith("bU_") for b in blocks) or \
-            (not use_bias and bool(config.get("reset_after", False)))
+        if use_bias:  # the bias shape decides: (2, 3H) or cuDNN's 6H is reset_after=True
+            reset_after = any(b.name.startswith("bU_") for b in blocks)
+        elif config:  # no bias: only the config can tell; before the option existed it was False
+            reset_after = bool(config.get("reset_after", False))
     activation = config.get("activation")
     recurrent = config.get("recurrent_activation", config.get("inner_activation"))
     if kind is CellKind.SIMPLE_RNN:
@@ -421,53 +425,111 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-# --- input shapes: from the config, else carried through a Sequential stack ----------------------
+# --- input shapes: stated in the config, or carried through the Sequential stack / functional graph --
 
-_PASSTHROUGH = frozenset({"Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
-                          "BatchNormalization", "LayerNormalization", "Activation", "Masking",
-                          "ActivityRegularization", "AlphaDropout"})
+_PASSTHROUGH = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+                          "GaussianNoise", "GaussianDropout", "AlphaDropout", "BatchNormalization",
+                          "LayerNormalization", "Activation", "Masking", "ActivityRegularization",
+                          "InputLayer"})
+Shape = tuple
 
 
-def _input_shapes(model: Model) -> dict[int, tuple]:
-    """Input shape of each top-level layer: stated in its config, or carried from the layer before."""
-    out: dict[int, tuple] = {}
-    current: tuple | None = None
-    sequential = model.class_name == "Sequential"
-    for layer in model.layers:
-        stated = _stated_shape(layer)
-        shape = stated or (current if sequential else None)
-        if shape is not None:
-            out[id(layer)] = shape
-        current = _output_shape(layer, shape) if shape is not None else None
+def _input_shapes(model: Model) -> dict[int, Shape]:
+    """Input shape of every layer (by id) wherever it can be known without running the model."""
+    out: dict[int, Shape] = {}
+    _propagate(model.layers, model.class_name == "Sequential", out)
     return out
 
 
-def _stated_shape(layer: Layer) -> tuple | None:
-    return layer.input_shape
+def _propagate(layers: Sequence[Layer], sequential: bool, out: dict[int, Shape]) -> list[Shape] | None:
+    """Fill `out` for `layers` (siblings of one model); returns the last layer's outputs."""
+    outputs: dict[str, list[Shape]] = {}
+    previous: list[Shape] | None = None
+    for layer in layers:
+        carried = None
+        if layer.inbound and layer.inbound[0] in outputs:
+            produced = outputs[layer.inbound[0]]
+            index = layer.inbound[1]
+            carried = produced[index] if index < len(produced) else None
+        elif sequential and previous:
+            carried = previous[0]
+        shape = _merge_shapes(layer.input_shape, carried)
+        if shape is not None:
+            out[id(layer)] = shape
+        nested = [c for c in layer.children if not c.role]
+        if nested:
+            produced = _propagate(nested, layer.class_name == "Sequential", out)
+        else:
+            produced = _outputs(layer, shape) if shape is not None else None
+        if produced:
+            outputs[layer.name] = produced
+        previous = produced
+    return previous
 
 
-def _output_shape(layer: Layer, shape: tuple) -> tuple | None:
+def _merge_shapes(stated: Shape | None, carried: Shape | None) -> Shape | None:
+    """A layer's own stated shape, with unknown dims filled from what the previous layer produces."""
+    if stated is None or carried is None or len(stated) != len(carried):
+        return stated if stated is not None else carried
+    return tuple(s if s is not None else c for s, c in zip(stated, carried))
+
+
+def _outputs(layer: Layer, shape: Shape) -> list[Shape] | None:
     config = layer.config or {}
     cls = layer.class_name
-    if cls == "InputLayer" or cls in _PASSTHROUGH:
-        return shape
+    if cls in _PASSTHROUGH:
+        return [shape]
     if cls == "Embedding":
         dim = config.get("output_dim")
-        return shape + (dim,) if isinstance(dim, int) else None
+        return [shape + (dim,)] if isinstance(dim, int) else None
     if cls == "Dense" and isinstance(config.get("units"), int):
-        return shape[:-1] + (config["units"],)
-    kind = kind_of(cls)
-    if kind in (CellKind.LSTM, CellKind.GRU, CellKind.SIMPLE_RNN):
-        units = config.get("units", config.get("output_dim"))
-        if not isinstance(units, int):
+        return [shape[:-1] + (config["units"],)]
+    if cls == "TimeDistributed" and layer.children:
+        inner = _outputs(layer.children[0], (shape[0],) + tuple(shape[2:]))
+        return [(inner[0][0], shape[1]) + tuple(inner[0][1:])] if inner else None
+    if cls == "Bidirectional" and len(layer.children) == 2:
+        side = _rnn_outputs(layer.children[0], shape)
+        if side is None:
             return None
-        return (shape[0], shape[1], units) if config.get("return_sequences") else (shape[0], units)
-    if cls == "Bidirectional" and layer.children:
-        inner = layer.children[0].config or {}
-        units = inner.get("units", inner.get("output_dim"))
-        if not isinstance(units, int) or kind_of(layer.children[0].class_name) is CellKind.CONV_LSTM:
-            return None
-        merge = (config.get("merge_mode", "concat") or "concat")
-        width = 2 * units if merge == "concat" else units
-        return (shape[0], shape[1], width) if inner.get("return_sequences") else (shape[0], width)
-    return None
+        merge = config.get("merge_mode", "concat")
+        first = side[0]
+        if merge == "concat":
+            channels_first = (layer.children[0].config or {}).get("data_format") == "channels_first"
+            axis = 2 if channels_first and kind_of(layer.children[0].class_name) is CellKind.CONV_LSTM \
+                and len(first) > 3 else -1
+            dims = list(first)
+            dims[axis] = None if dims[axis] is None else 2 * dims[axis]
+            first = tuple(dims)
+        states = side[1:] * 2 if (layer.children[0].config or {}).get("return_state") else []
+        return [first] + states if merge is not None else [side[0], side[0]] + states
+    return _rnn_outputs(layer, shape)
+
+
+def _rnn_outputs(layer: Layer, shape: Shape) -> list[Shape] | None:
+    """[output] (+ states with return_state) of a recurrent layer or RNN(cell(s)) from its config."""
+    config = layer.config or {}
+    kind = kind_of(layer.class_name)
+    cells = [c for c in layer.children if c.role.startswith("cell")]
+    cell_config = (cells[-1].config or {}) if cells else config
+    if kind is None and cells:
+        kind = kind_of(cells[-1].class_name)
+    if kind is None:
+        return None
+    units = cell_config.get("units", cell_config.get("output_dim", cell_config.get("filters")))
+    if not isinstance(units, int):
+        return None
+    kernel = cell_config.get("kernel_size")
+    kernel_size = _tuple(kernel, len(shape) - 3) if kind is CellKind.CONV_LSTM and kernel is not None else None
+    flags = {"return_sequences": config.get("return_sequences")}
+    output, states = _shapes(kind, units, cell_config if not cells else dict(cell_config, **config),
+                             shape, flags, kernel_size)
+    if output is None:
+        return None
+    if config.get("return_state"):
+        all_states = []
+        for cell in cells or [layer]:
+            c_units = (cell.config or {}).get("units", units)
+            n = 2 if kind_of(cell.class_name) in (CellKind.LSTM, CellKind.CONV_LSTM) else 1
+            all_states += [states[0][:-1] + (c_units,)] * n
+        return [output] + all_states
+    return [output]

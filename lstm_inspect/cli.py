@@ -154,3 +154,7 @@ def explain(
             raise UsageError(f"--format must be text or markdown, not {fmt!r}")
         text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", label=str(model))
         sys.stdout.write(text)
+
+
+# Commands defined in their own modules register themselves on `app` when imported.
+from . import commands_ci, commands_port  # noqa: E402,F401

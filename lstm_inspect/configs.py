@@ -31,6 +31,7 @@ class Spec:
     children: tuple["Spec", ...] = ()
     role: str = ""
     input_shape: tuple[int | None, ...] | None = field(default=None, compare=False)
+    inbound: tuple[str, int] | None = None  # functional graph: (source layer, tensor index)
 
 
 def class_and_config(entry: Any, where: str) -> tuple[str, dict]:
@@ -79,11 +80,12 @@ def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
             children.append(_spec(child, c_class, c_config, "", f"{where}/{name}",
                                   name=_name_of(child, c_config, f"layer_{i}")))
         cfg = config if isinstance(config, Mapping) else {"layers": config}
-        return Spec(name, class_name, cfg, tuple(children), role, _input_shape(entry, cfg))
+        return Spec(name, class_name, cfg, tuple(children), role, _input_shape(entry, cfg),
+                    _inbound(entry))
     if not isinstance(config, Mapping):
         raise CorruptModelError(f"{where}: layer {name} has a config that is not an object")
     return Spec(name, class_name, config, tuple(_wrapped(class_name, config, name, where)), role,
-                _input_shape(entry, config))
+                _input_shape(entry, config), _inbound(entry))
 
 
 def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Spec]:
@@ -122,13 +124,46 @@ def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Sp
     return []
 
 
+def _first_node_arg(entry: Mapping) -> Any:
+    nodes = entry.get("inbound_nodes") if isinstance(entry, Mapping) else None
+    if not isinstance(nodes, list) or not nodes:
+        return None
+    node = nodes[0]
+    if isinstance(node, Mapping):  # Keras 3: {"args": [tensor or [tensors]], "kwargs": {}}
+        args = node.get("args")
+        first = args[0] if isinstance(args, list) and args else None
+        return first[0] if isinstance(first, list) and first else first
+    if isinstance(node, list) and node:  # tf.keras / Keras 2: [[name, node_index, tensor_index, kwargs]]
+        return node[0]
+    return None
+
+
+def _inbound(entry: Mapping) -> tuple[str, int] | None:
+    """Which layer's output feeds this one (first input), from the functional graph."""
+    arg = _first_node_arg(entry)
+    if isinstance(arg, Mapping):
+        history = (arg.get("config") or {}).get("keras_history")
+        arg = history
+    if isinstance(arg, list) and len(arg) >= 3 and isinstance(arg[0], str) and isinstance(arg[2], int):
+        return arg[0], arg[2]
+    return None
+
+
+def _tensor_shape(entry: Mapping) -> Any:
+    arg = _first_node_arg(entry)
+    if isinstance(arg, Mapping) and arg.get("class_name") == "__keras_tensor__":
+        return (arg.get("config") or {}).get("shape")
+    return None
+
+
 def _input_shape(entry: Mapping, config: Mapping) -> tuple[int | None, ...] | None:
-    """Batch input shape when the config states it (build_config, batch_input_shape, batch_shape)."""
+    """Batch input shape when the config states it (build_config, batch shapes, Keras 3 node tensors)."""
     build = entry.get("build_config") if isinstance(entry, Mapping) else None
     candidates = [
         build.get("input_shape") if isinstance(build, Mapping) else None,
         config.get("batch_input_shape"),
         config.get("batch_shape"),
+        _tensor_shape(entry),
     ]
     for shape in candidates:
         if isinstance(shape, list) and all(d is None or isinstance(d, int) for d in shape):

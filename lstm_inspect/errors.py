@@ -45,3 +45,17 @@ class UsageError(InspectError):
 
 class MissingExtraError(InspectError):
     """An optional dependency (TensorFlow, torch, onnx) is needed for this command."""
+
+
+class InternalError(InspectError):
+    """A bug in lstm-inspect: an unexpected exception, often raised in a guarded child process.
+
+    `debug_traceback` holds the formatted traceback (from the child when guarded) so the CLI can
+    print it with --debug; the message stays one line for everyone else.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, file: str | None = None, debug_traceback: str | None = None) -> None:
+        super().__init__(message, file=file)
+        self.debug_traceback = debug_traceback

@@ -106,6 +106,7 @@ def metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]]
                 "use_bias": d.use_bias, "reset_after": d.reset_after,
                 "activation": d.activation, "recurrent_activation": d.recurrent_activation,
                 "corrections": list(d.corrections),
+                "stored_dtype": d.blocks[0].source.dtype if d.blocks else None,
                 "blocks": {b.name: {"key": k, "shape": list(b.shape)} for b, k in zip(d.blocks, keys[d.path])},
             } for d in dirs
         },
@@ -183,4 +184,4 @@ def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns:
 
 
 def _np_dtype(block: Block) -> str:
-    return block.source.dtype if block.source.dtype != "bfloat16" else "uint16"
+    return block.source.dtype if block.source.dtype != "bfloat16" else "float32"

@@ -50,21 +50,29 @@ def attr_str(obj: h5py.HLObject, name: str) -> str | None:
 
 def dataset_dtype(ds: h5py.Dataset) -> str:
     declared = ds.attrs.get("dtype") if "dtype" in ds.attrs else None
-    if declared is not None:
-        declared = decode(declared)
-        if declared == "bfloat16":
-            return "bfloat16"
+    if declared is not None and decode(declared) == "bfloat16":
+        return "bfloat16"
+    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2:  # only bfloat16 is stored as 2-byte opaque
+        return "bfloat16"
     return ds.dtype.name
 
 
+def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widening it is exact."""
+    bits = np.ascontiguousarray(raw).view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32)
+
+
 def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True) -> Weight:
+    dtype = dataset_dtype(ds)
+
     def read(selection: Any = Ellipsis, _ds: h5py.Dataset = ds) -> np.ndarray:
-        if selection is Ellipsis:
-            return np.asarray(_ds[()])
-        return np.asarray(_ds[selection])
+        data = np.asarray(_ds[()] if selection is Ellipsis else _ds[selection])
+        # NumPy has no bfloat16: hand out its exact float32 values.
+        return bfloat16_to_float32(data) if dtype == "bfloat16" else data
 
     short = strip_tf_suffix(name).rsplit("/", 1)[-1]
-    return Weight(name=name, shape=tuple(int(d) for d in ds.shape), dtype=dataset_dtype(ds),
+    return Weight(name=name, shape=tuple(int(d) for d in ds.shape), dtype=dtype,
                   trainable=trainable and short not in NON_TRAINABLE_NAMES,
                   location=ds.name, _read=read)
 
@@ -77,7 +85,7 @@ def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = Tru
     weights = [w if trainable else _frozen(w) for w in weights]
     if not spec.children:
         return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(weights), (), spec.role,
-                     input_shape=spec.input_shape)
+                     input_shape=spec.input_shape, inbound=spec.inbound)
     buckets: dict[int, list[Weight]] = {i: [] for i in range(len(spec.children))}
     unmatched: list[Weight] = []
     for w in weights:
@@ -91,7 +99,7 @@ def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = Tru
             unmatched = []
     children = tuple(layer_from_spec(c, buckets[i], trainable) for i, c in enumerate(spec.children))
     return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(unmatched), children, spec.role,
-                 input_shape=spec.input_shape)
+                 input_shape=spec.input_shape, inbound=spec.inbound)
 
 
 def _frozen(w: Weight) -> Weight:
@@ -119,8 +127,18 @@ _KERAS1_LSTM = re.compile(r"^(?P<prefix>.*?)_?(?P<kind>[WUb])_(?P<gate>[icfo])$"
 _KERAS1_GRU = re.compile(r"^(?P<prefix>.*?)_?(?P<kind>[WUb])_(?P<gate>[zrh])$")
 
 
-def infer_layer(name: str, weights: Sequence[Weight]) -> Layer:
-    """Guess a layer's class (and Bidirectional sides) from its weight names and shapes."""
+def infer_layer(name: str, weights: Sequence[Weight], role: str = "") -> Layer:
+    """Guess a layer's class and structure (Bidirectional sides, nested model, stacked cells)
+    from its weight names and shapes."""
+    owners = _owners(name, weights)
+    if len(owners) > 1 or (owners and next(iter(owners)) != name):
+        children = tuple(infer_layer(owner, ws) for owner, ws in owners.items())
+        return Layer(name, "Functional", None, True, (), children, role, inferred=True)
+    cells = _stacked_cells(weights)
+    if cells:
+        children = tuple(Layer(cell, infer_class(cell, ws) + "Cell", None, True, tuple(ws), (),
+                               f"cell_{k}", inferred=True) for k, (cell, ws) in enumerate(cells.items()))
+        return Layer(name, "RNN", None, True, (), children, role, inferred=True)
     sides = _split_sides(weights)
     if sides:
         children = tuple(_infer_leaf(f"{role}_{name}", ws, role) for role, ws in sides)
@@ -128,6 +146,36 @@ def infer_layer(name: str, weights: Sequence[Weight]) -> Layer:
         return Layer(name, "Bidirectional", {"layer": {"class_name": inner}}, True, (), children,
                      inferred=True)
     return _infer_leaf(name, weights, "")
+
+
+def _owners(name: str, weights: Sequence[Weight]) -> dict[str, list[Weight]]:
+    """Weights grouped by the layer their name starts with (a nested model lists its layers' weights).
+
+    A leading model-name component (Keras 3 variable paths: `sequential/lstm/...`) is skipped.
+    """
+    owners: dict[str, list[Weight]] = {}
+    for w in weights:
+        parts = strip_tf_suffix(w.name).split("/")
+        if len(parts) < 2:
+            return {}
+        if parts[0] != name and len(parts) > 2 and parts[1] == name:
+            parts = parts[1:]
+        owners.setdefault(parts[0], []).append(w)
+    if len(owners) == 1 and next(iter(owners)).startswith(("forward", "backward")):
+        return {}
+    return owners
+
+
+def _stacked_cells(weights: Sequence[Weight]) -> dict[str, list[Weight]]:
+    """`<rnn>/stacked_rnn_cells/<cell>/kernel:0`: weights grouped by cell, in file order."""
+    cells: dict[str, list[Weight]] = {}
+    for w in weights:
+        parts = strip_tf_suffix(w.name).split("/")
+        idx = next((i for i, p in enumerate(parts) if p.startswith("stacked_rnn_cells")), None)
+        if idx is None or idx + 2 >= len(parts):
+            return {}
+        cells.setdefault(parts[idx + 1], []).append(w)
+    return cells
 
 
 def _split_sides(weights: Sequence[Weight]) -> list[tuple[str, list[Weight]]] | None:

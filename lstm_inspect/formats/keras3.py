@@ -37,16 +37,27 @@ class K3Tree:
     datasets: dict[str, h5py.Dataset] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
     vars_names: dict[str, str] = field(default_factory=dict)
+    # HDF5 lists members by name; their object addresses follow creation order, which is the
+    # order Keras saved them in. Used to order layers and cells when there is no config.
+    created: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add_file(self, f: h5py.File) -> None:
+        shard = len({k[0] for k in self.created.values()})
+
         def visit(name: str, obj: h5py.HLObject) -> None:
             if isinstance(obj, h5py.Dataset):
                 self.datasets.setdefault(name, obj)
             else:
                 self.groups.add(name)
+                self.created.setdefault(name, (shard, h5py.h5g.get_objinfo(obj.id).objno[0]))
                 if name.endswith("vars") and "name" in obj.attrs:
                     self.vars_names[name] = str(decode(obj.attrs["name"]))
         f.visititems(visit)
+
+    def children_in_saved_order(self, prefix: str) -> list[str]:
+        names = self.child_names(prefix)
+        start = f"{prefix}/" if prefix else ""
+        return sorted(names, key=lambda n: self.created.get(start + n, (0, 0)))
 
     def has(self, path: str) -> bool:
         return path in self.groups or any(p.startswith(path + "/") for p in self.datasets)
@@ -93,7 +104,7 @@ def container_paths(prefix: str, specs: Iterable[Spec]) -> list[str]:
 def read_tree(tree: K3Tree, root: Spec | None) -> tuple[Layer, ...]:
     """Top-level layers of a Keras 3 weights tree, matched to the config when there is one."""
     if root is None:
-        return tuple(_infer(tree, f"layers/{n}", "") for n in tree.child_names("layers"))
+        return tuple(_infer(tree, f"layers/{n}", "") for n in tree.children_in_saved_order("layers"))
     if root.class_name in MODEL_CLASSES or root.children:
         specs = [s for s in root.children if not (root.class_name == "Sequential"
                                                    and s.class_name == "InputLayer")]
@@ -114,7 +125,8 @@ def _layer(tree: K3Tree, prefix: str, spec: Spec) -> Layer:
         for side in spec.children:
             children.append(_layer(tree, f"{prefix}/{side.role}_layer", side))
     elif cls in RNN_LAYER_CLASSES:
-        own = _weights(tree, f"{prefix}/cell", "recurrent", "cell/")
+        # Keras 3 keeps the variables on the cell; tf_keras's CuDNN layers have no cell.
+        own = _weights(tree, f"{prefix}/cell", "recurrent", "cell/") or _weights(tree, prefix, "recurrent", "")
     elif spec.children and spec.children[0].role == "layer":
         children = [_layer(tree, f"{prefix}/layer", spec.children[0])]
     elif spec.children and spec.children[0].role.startswith("cell"):
@@ -133,7 +145,7 @@ def _layer(tree: K3Tree, prefix: str, spec: Spec) -> Layer:
         own = _batchnorm(own, spec)
     name = spec.name
     return Layer(name, cls, spec.config, trainable, tuple(own), tuple(children), spec.role,
-                 input_shape=spec.input_shape)
+                 input_shape=spec.input_shape, inbound=spec.inbound)
 
 
 def _weights(tree: K3Tree, prefix: str, kind: str, label: str) -> list[Weight]:
@@ -177,7 +189,7 @@ _SNAKE_TO_CLASS = {
     "embedding": "Embedding", "dropout": "Dropout", "bidirectional": "Bidirectional",
     "time_distributed": "TimeDistributed", "batch_normalization": "BatchNormalization",
     "rnn": "RNN", "sequential": "Sequential", "functional": "Functional",
-    "layer_normalization": "LayerNormalization",
+    "layer_normalization": "LayerNormalization", "cu_dnnlstm": "CuDNNLSTM", "cu_dnngru": "CuDNNGRU",
 }
 
 
@@ -194,13 +206,25 @@ def _infer(tree: K3Tree, prefix: str, role: str) -> Layer:
         cls = "Bidirectional"
         children = [_infer(tree, f"{prefix}/{s}_layer", s) for s in ("forward", "backward")]
     elif "layers" in subs:
-        children = [_infer(tree, f"{prefix}/layers/{n}", "") for n in tree.child_names(f"{prefix}/layers")]
+        children = [_infer(tree, f"{prefix}/layers/{n}", "")
+                    for n in tree.children_in_saved_order(f"{prefix}/layers")]
         cls = cls or "Functional"
     elif "cell" in subs and tree.vars(f"{prefix}/cell"):
         own = _weights(tree, f"{prefix}/cell", "recurrent", "cell/")
+    elif "cell" in subs and "cells" in tree.child_names(f"{prefix}/cell"):  # RNN(StackedRNNCells)
+        cls = "RNN"
+        cells = []
+        for sub in tree.children_in_saved_order(f"{prefix}/cell/cells"):
+            cell_path = f"{prefix}/cell/cells/{sub}"
+            weights = _weights(tree, cell_path, "recurrent", "")
+            cells.append((tree.real_name(cell_path) or sub, infer_class(sub, weights) + "Cell", weights))
+        for k, (cell_name, cell_class, weights) in enumerate(cells):
+            children.append(Layer(cell_name, cell_class, None, True, tuple(weights), (), f"cell_{k}",
+                                  inferred=True))
     else:
-        own = _weights(tree, prefix, cls or "", "") + _extra_weights(tree, prefix)
-    if cls is None or cls in ("RNN",):
+        kind = "recurrent" if cls in RNN_LAYER_CLASSES or role in ("forward", "backward") else cls or ""
+        own = _weights(tree, prefix, kind, "") + _extra_weights(tree, prefix)
+    if cls is None or (cls == "RNN" and not children) or role in ("forward", "backward"):
         cls = infer_class(name, own) if own else (cls or "Unknown")
     if role in ("forward", "backward") and cls in _SNAKE_TO_CLASS.values():
         name = tree.real_name(f"{prefix}/cell") and name or f"{role}_{base}"

@@ -1,0 +1,1 @@
+"""CI commands: snapshot, check, diff (registered on the CLI app)."""

@@ -1,0 +1,1 @@
+"""verify and convert commands (registered on the CLI app)."""
