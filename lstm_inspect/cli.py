@@ -51,9 +51,9 @@ def main(
 
 
 def error_line(message: str) -> None:
-    """One line on stderr, never interpreted as rich markup."""
-    text = " ".join(str(message).split("\n"))
-    print(f"lstm-inspect: {text}", file=sys.stderr)
+    """One line on stderr, never interpreted as markup; names from files cannot inject escapes."""
+    from .safety import printable
+    print(f"lstm-inspect: {printable(str(message), max_chars=2000)}", file=sys.stderr)
 
 
 @contextmanager

@@ -93,9 +93,9 @@ def _param_lines(d: Direction) -> list[str]:
     biases = sum(1 for b in d.blocks if b.name in (f"b{suffix}", f"bU{suffix}"))  # per gate: 0, 1 or 2
     if d.kind is CellKind.CONV_LSTM:
         k = math.prod(d.kernel_size or (1,))
-        ks = "·".join(str(v) for v in d.kernel_size or ())
+        ks = "×".join(str(v) for v in d.kernel_size or ())
         bias = f" + {H}" if d.use_bias else ""
-        expr = f"{n} × ({ks}·{I}·{H} + {ks}·{H}·{H}{bias})"
+        expr = f"{n} × ({k}·{I}·{H} + {k}·{H}·{H}{bias})"
         per = k * I * H + k * H * H + (H if d.use_bias else 0)
     else:
         bias_terms = {0: "", 1: f" + {H}", 2: f" + 2·{H}"}[biases]
@@ -104,6 +104,8 @@ def _param_lines(d: Direction) -> list[str]:
         expr = f"{n} × ({expr})" if n > 1 else expr
     total = n * per
     lines = [f"{expr} = {total:,}"]
+    if d.kind is CellKind.CONV_LSTM:
+        lines.append(f"where {k} = the kernel's {ks} positions, {I} input channels, {H} filters")
     if total != d.params:  # cannot happen for a consistent file; say so rather than hide it
         lines.append(f"(the stored blocks hold {d.params:,} values)")
     if d.is_cudnn:
@@ -116,10 +118,11 @@ def _meaning(d: Direction) -> list[str]:
     H = d.units
     state = "h_t and c_t" if d.kind in (CellKind.LSTM, CellKind.CONV_LSTM) else "h_t"
     unit_word = "filters (channels of the hidden state)" if d.kind is CellKind.CONV_LSTM else "units"
+    input_word = "input channels" if d.kind is CellKind.CONV_LSTM else "the last axis of x_t"
     lines = [
         f"units = {H}: the size of the hidden state {state} ({unit_word}) — every timestep's output has "
         f"{H} features. It is not the number of timesteps (any sequence length works) and not the "
-        f"input size (input_dim = {d.input_dim}, the last axis of x_t).",
+        f"input size (input_dim = {d.input_dim}, {input_word}).",
     ]
     one = "(batch, ..., " + f"{H})" if d.kind is CellKind.CONV_LSTM else f"(batch, {H})"
     seq = "(batch, timesteps, ..., " + f"{H})" if d.kind is CellKind.CONV_LSTM else f"(batch, timesteps, {H})"

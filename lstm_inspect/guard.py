@@ -72,6 +72,9 @@ def run_guarded(
     write files only when `output_path` is given; if the call fails, that path is removed.
     `guarded=False`, env LSTM_INSPECT_NO_GUARD=1, a platform without fork, or a call from inside
     a guarded child all run `fn` in-process instead (exceptions then propagate unchanged).
+    The keyword names of this function (label, timeout, ...) cannot be passed on to `fn`.
+    Without `output_path` the child cannot write to regular files at all (RLIMIT_FSIZE = 0),
+    which includes a stdout/stderr redirected to a file.
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
@@ -132,7 +135,11 @@ def _run_in_child(fn: Callable[..., T], args: tuple, kwargs: dict, label: str, t
     rfd, wfd = os.pipe()
     _grow_pipe(wfd)
     _flush_std_streams()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(rfd), os.close(wfd)
+        raise GuardError(f"could not start a reader process ({exc.strerror or exc})", file=label) from None
     if pid == 0:  # pragma: no cover - runs in the child, which leaves through os._exit
         os.close(rfd)
         _child_main(wfd, fn, args, kwargs, limits)
@@ -176,6 +183,7 @@ class _Child:
 
     def wait(self) -> int:
         """Reap the child; it has closed its pipe so it is exiting, but never wait past the deadline."""
+        self._sleep_until_exit()
         delay = 0.0002
         while self.status is None:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
@@ -188,6 +196,24 @@ class _Child:
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
         return self.status  # type: ignore[return-value]
+
+    def _sleep_until_exit(self) -> None:
+        """Linux: a pidfd becomes readable exactly when the child exits (tearing down a large
+        address space takes a few ms); elsewhere the polling loop in wait() does the job."""
+        if self.status is not None or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:
+            return
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            remaining = self.deadline - time.monotonic()
+            if remaining > 0:
+                poller.poll(math.ceil(remaining * 1000))
+        finally:
+            os.close(fd)
 
     def kill(self, *, timed_out: bool = False) -> None:
         """SIGKILL (cannot be caught or ignored) and reap, so no zombie is left behind."""
@@ -284,6 +310,8 @@ def _error_from_reply(err: Any, label: str, limits: _ChildLimits) -> InspectErro
     if not isinstance(err, dict):
         return GuardError("its reader process sent back an invalid error report", file=label)
     kind = err.get("kind")
+    if kind == "memory" and limits.memory_bytes is None:
+        return GuardError("ran out of memory", file=label)
     if kind == "memory":
         return GuardError(f"needed more than {_mib(limits.memory_bytes)} MiB of memory", file=label)
     if kind == "inspect":
@@ -340,6 +368,7 @@ def _child_main(wfd: int, fn: Callable[..., Any], args: tuple, kwargs: dict,
     except BaseException:
         status = _SEND_FAILED
     finally:
+        _flush_std_streams()  # keep fn's own prints (the parent flushed its buffers before fork)
         os._exit(status)
 
 
@@ -352,12 +381,15 @@ def _child_signals() -> None:
     faulthandler.disable()
     try:
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for name in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGXCPU"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
     except (ValueError, OSError):
         pass
+    handlers = [("SIGINT", signal.SIG_IGN)] + [(name, signal.SIG_DFL) for name in (
+        "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGXCPU")]
+    for name, handler in handlers:
+        try:
+            signal.signal(getattr(signal, name), handler)
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def _child_rlimits(limits: _ChildLimits) -> None:
@@ -423,7 +455,7 @@ def _encode(obj: Any, arrays: list[np.ndarray], memo: dict[int, int], depth: int
     if obj is None or isinstance(obj, bool):
         return obj
     if isinstance(obj, str):
-        return str(obj)
+        return str.__str__(obj)  # the plain value, also for str-based enums and np.str_
     if isinstance(obj, int):
         return int(obj)
     if isinstance(obj, float):

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .cells import GATE_MEANING
+from .safety import printable
 
 
 class OutputFormat(str, Enum):
@@ -50,7 +51,7 @@ def header_line(s: dict) -> str:
     if s.get("backend"):
         parts.append(f"backend {s['backend']}")
     if s.get("model_class"):
-        parts.append(f"{s['model_class']} {s.get('model_name') or ''}".strip())
+        parts.append(printable(f"{s['model_class']} {s.get('model_name') or ''}".strip()))
     if not s.get("has_config"):
         parts.append("no config: layer classes inferred from weight names and shapes")
     return " · ".join(parts)
@@ -69,8 +70,8 @@ def totals_lines(s: dict) -> list[str]:
 def _layer_rows(layers: list[dict], depth: int = 0) -> Iterable[tuple[str, str, str, str]]:
     for layer in layers:
         shapes = ", ".join(fmt_shape(w["shape"]) for w in layer["weights"]) or "-"
-        cls = layer["class"] + (" (inferred)" if layer.get("inferred") else "")
-        yield ("  " * depth + layer["name"], cls, shapes, fmt_int(layer["params"]))
+        cls = printable(layer["class"]) + (" (inferred)" if layer.get("inferred") else "")
+        yield ("  " * depth + printable(layer["name"]), cls, shapes, fmt_int(layer["params"]))
         yield from _layer_rows(layer.get("layers", []), depth + 1)
 
 
@@ -89,7 +90,7 @@ def _gate_rows(d: dict) -> Iterable[list[str]]:
 
 def direction_title(d: dict) -> str:
     extra = f", reset_after={d['reset_after']}" if d["reset_after"] is not None else ""
-    return (f"{d['path']} — {d['kind']} ({d['class']}), units {d['units']}, "
+    return (f"{printable(d['path'])} — {d['kind']} ({printable(d['class'])}), units {d['units']}, "
             f"input {d['input_dim']}{extra}, {fmt_int(d['params'])} params")
 
 
@@ -101,8 +102,8 @@ def direction_facts(d: dict) -> list[str]:
         names = ["h", "c"] if len(d["state_shapes"]) == 2 else ["h"]
         facts.append("states " + ", ".join(f"{n} {fmt_shape(s)}" for n, s in zip(names, d["state_shapes"])))
     if d["activation"] or d["recurrent_activation"]:
-        facts.append(f"activation {d['activation'] or '?'}"
-                     + (f", recurrent {d['recurrent_activation']}" if d["recurrent_activation"] else ""))
+        facts.append(printable(f"activation {d['activation'] or '?'}"
+                               + (f", recurrent {d['recurrent_activation']}" if d["recurrent_activation"] else "")))
     flags = [f"{k}={d[k]}" for k in ("return_sequences", "return_state", "stateful", "go_backwards")
              if d[k] is not None]
     if flags:
@@ -118,7 +119,7 @@ def render_table(summaries: list[dict], console: Console) -> None:
     for i, s in enumerate(summaries):
         if i:
             console.print()
-        console.print(Text(s["file"], style="bold"), Text(" " + header_line(s)))
+        console.print(Text(printable(s["file"]), style="bold"), Text(" " + header_line(s)), soft_wrap=True)
         table = Table(box=style_box, show_footer=False)
         for col, justify in (("Layer", "left"), ("Class", "left"), ("Weights", "left"), ("Params", "right")):
             table.add_column(col, justify=justify, overflow="fold")
@@ -160,7 +161,7 @@ def _md_table(header: list[str], rows: Iterable[Iterable[str]], right: set[int] 
 def render_markdown(summaries: list[dict]) -> str:
     out: list[str] = []
     for s in summaries:
-        out += [f"## `{s['file']}`", "", header_line(s), ""]
+        out += [f"## `{printable(s['file'])}`", "", header_line(s), ""]
         out += _md_table(["Layer", "Class", "Weights", "Params"],
                          ([f"`{r[0].strip()}`", r[1], r[2], r[3]] for r in _layer_rows(s["layers"])), {3})
         out += [""] + [f"- {line}" for line in totals_lines(s)] + [""]

@@ -225,6 +225,9 @@ def open_h5(path_or_fileobj: str | os.PathLike[str] | IO[bytes], limits: Limits 
     import h5py
 
     label = _label_of(path_or_fileobj)
+    if label is not None and isinstance(path_or_fileobj, (str, bytes, os.PathLike)):
+        if not stat.S_ISREG(_stat_target(path_or_fileobj, label).st_mode):
+            raise NotAModelError("is a directory, not an HDF5 file", file=label)
     try:
         f = h5py.File(path_or_fileobj, "r", locking=False)
     except (OSError, ValueError) as exc:
@@ -283,7 +286,15 @@ class _H5Walk:
         if self.count > self.limits.max_h5_objects:
             raise self.fail(UnsafeModelError, f"more than {self.limits.max_h5_objects} HDF5 objects")
         names: list[bytes] = []
-        gid.links.iterate(names.append)
+        room = self.limits.max_h5_objects - self.count + gid.get_num_objs()
+
+        def collect(name: bytes) -> bool | None:
+            names.append(name)
+            return True if len(names) > room else None  # a damaged index may hold more than it says
+
+        gid.links.iterate(collect)
+        if len(names) > room:
+            raise self.fail(UnsafeModelError, f"more than {self.limits.max_h5_objects} HDF5 objects")
         return names
 
     def visit(self, gid: Any, name: bytes, parent: str, depth: int, ancestors: tuple, seen: set) -> tuple | None:
@@ -320,18 +331,18 @@ class _H5Walk:
             text = name.decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail(CorruptModelError, f"HDF5 group {parent} has a link name that is not UTF-8") from None
-        return parent.rstrip("/") + "/" + _printable(text, 200)
+        return parent.rstrip("/") + "/" + printable(text, 200)
 
     def link_error(self, gid: Any, name: bytes, path: str, kind: int) -> Exception:
         from h5py import h5l
 
         if kind == h5l.TYPE_SOFT:
-            target = _printable(gid.links.get_val(name).decode("utf-8", "replace"), 200)
+            target = printable(gid.links.get_val(name).decode("utf-8", "replace"), 200)
             return self.fail(UnsafeModelError, f"HDF5 link {path} is a soft link to {target} (refused)")
         if kind == h5l.TYPE_EXTERNAL:
             filename, obj = (p.decode("utf-8", "replace") for p in gid.links.get_val(name))
             return self.fail(UnsafeModelError, f"HDF5 link {path} is an external link to "
-                             f"{_printable(filename, 200)}:{_printable(obj, 200)} (refused: it would open another file)")
+                             f"{printable(filename, 200)}:{printable(obj, 200)} (refused: it would open another file)")
         return self.fail(UnsafeModelError, f"HDF5 link {path} is a user-defined link (type {kind}, refused)")
 
     def check_attributes(self, obj: Any, path: str) -> None:
@@ -346,7 +357,7 @@ class _H5Walk:
             name = attr.get_name()
             if len(name) > self.limits.max_name_bytes:
                 raise self.fail(CorruptModelError, f"HDF5 object {path} has an attribute with an overlong name")
-            where = f"attribute {_printable(name.decode('utf-8', 'replace'), 200)} of {path}"
+            where = f"attribute {printable(name.decode('utf-8', 'replace'), 200)} of {path}"
             tid = attr.get_type()
             self.check_type(tid, where)
             declared = _npoints(attr.get_space()) * tid.get_size()
@@ -438,7 +449,7 @@ def check_zip(zf: zipfile.ZipFile, limits: Limits = DEFAULT_LIMITS) -> None:
     for info in infos:
         _check_member(info, limits, label)
         if info.filename in seen:
-            raise UnsafeModelError(f"zip member '{_printable(info.filename, 200)}' appears twice (refused)", file=label)
+            raise UnsafeModelError(f"zip member '{printable(info.filename, 200)}' appears twice (refused)", file=label)
         seen.add(info.filename)
     _check_zip_totals(infos, limits, label)
     _check_zip_overlap(infos, zf.start_dir, label)
@@ -447,7 +458,7 @@ def check_zip(zf: zipfile.ZipFile, limits: Limits = DEFAULT_LIMITS) -> None:
 def read_member(zf: zipfile.ZipFile, name: str, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Read one member, never more than its declared size + 1 bytes; the data must match the header."""
     label = _label_of(zf.filename) if zf.filename else None
-    shown = _printable(name, 200)
+    shown = printable(name, 200)
     try:
         info = zf.getinfo(name)
     except KeyError:
@@ -477,7 +488,7 @@ def _read_at_most(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> byt
 
 def _check_member(info: zipfile.ZipInfo, limits: Limits, label: str | None) -> None:
     _check_member_name(info, label)
-    shown = _printable(info.filename, 200)
+    shown = printable(info.filename, 200)
     if info.flag_bits & 0x41:
         raise UnsafeModelError(f"zip member '{shown}' is encrypted (refused)", file=label)
     if stat.S_ISLNK(info.external_attr >> 16):
@@ -496,7 +507,7 @@ def _check_member(info: zipfile.ZipInfo, limits: Limits, label: str | None) -> N
 def _check_member_name(info: zipfile.ZipInfo, label: str | None) -> None:
     """zipfile cuts names at NUL (orig_filename keeps it); '..', absolute, drive and '\\' are refused."""
     raw, name = info.orig_filename, info.filename
-    shown = _printable(raw, 200)
+    shown = printable(raw, 200)
     problem = (
         "contains a NUL byte" if "\x00" in raw else
         "is empty" if not name else
@@ -526,7 +537,7 @@ def _check_zip_overlap(infos: list[zipfile.ZipInfo], start_dir: int, label: str 
         end = this.header_offset + this.compress_size
         limit = after.header_offset if after is not None else start_dir
         if end > limit:
-            raise UnsafeModelError(f"zip member '{_printable(this.filename, 200)}' overlaps other data "
+            raise UnsafeModelError(f"zip member '{printable(this.filename, 200)}' overlaps other data "
                                    "(refused: a zip bomb?)", file=label)
 
 
@@ -546,18 +557,21 @@ class _BadConstant(Exception):
     pass
 
 
-def load_json(data: bytes, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Parse untrusted JSON: size, strict UTF-8, no duplicate keys, no NaN/Infinity, bounded depth."""
+def load_json(data: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Parse untrusted JSON: size, strict UTF-8, no duplicate keys, no NaN/Infinity, bounded depth.
+
+    `data` may also be a str (h5py returns variable-length string attributes decoded).
+    """
     if len(data) > limits.max_json_bytes:
         raise UnsafeModelError(f"{what} is {_size(len(data))}, over the {_size(limits.max_json_bytes)} limit")
     try:
-        text = _strip_bom(bytes(data)).decode("utf-8")
+        text = data.lstrip("\ufeff") if isinstance(data, str) else _strip_bom(bytes(data)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptModelError(f"{what} is not valid UTF-8 (bad byte at offset {exc.start})") from None
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _DuplicateKey as exc:
-        raise UnsafeModelError(f"{what} has a duplicate key '{_printable(str(exc), 100)}' (refused)") from None
+        raise UnsafeModelError(f"{what} has a duplicate key '{printable(str(exc), 100)}' (refused)") from None
     except _BadConstant as exc:
         raise CorruptModelError(f"{what} contains {exc}, which is not valid JSON") from None
     except RecursionError:
@@ -617,10 +631,10 @@ def escape_name(s: str | bytes, *, max_chars: int = 1000) -> str:
     """
     if isinstance(s, bytes):
         s = s.decode("utf-8", "surrogateescape")
-    return _rich_escape(_printable(s, max_chars))
+    return _rich_escape(printable(s, max_chars))
 
 
-def _printable(s: str, max_chars: int = 1000) -> str:
+def printable(s: str, max_chars: int = 1000) -> str:
     """One printable line (no rich escaping); longer names are cut with an ellipsis."""
     cut = len(s) > max_chars
     if s.isprintable() and not cut:
@@ -659,4 +673,4 @@ def _size(n: float) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return _printable(text.splitlines()[0] if text else type(exc).__name__, 300)
+    return printable(text.splitlines()[0] if text else type(exc).__name__, 300)

@@ -67,7 +67,10 @@ def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True) -> Weight:
     dtype = dataset_dtype(ds)
 
     def read(selection: Any = Ellipsis, _ds: h5py.Dataset = ds) -> np.ndarray:
-        data = np.asarray(_ds[()] if selection is Ellipsis else _ds[selection])
+        try:
+            data = np.asarray(_ds[()] if selection is Ellipsis else _ds[selection])
+        except (OSError, ValueError, KeyError) as err:  # a damaged chunk, a failing filter...
+            raise CorruptModelError(f"weight {name} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
         # NumPy has no bfloat16: hand out its exact float32 values.
         return bfloat16_to_float32(data) if dtype == "bfloat16" else data
 
