@@ -192,6 +192,10 @@ def _direction(layer: Layer, config: Mapping | None, path: str, kind: CellKind,
     else:
         blocks, units, input_dim, kernel_size, corrections = _fused_blocks(layer, kind, path)
     _check_config_units(config, units, path)
+    declared_kernel = config.get("kernel_size")
+    if kernel_size and declared_kernel is not None and _tuple(declared_kernel, len(kernel_size)) != kernel_size:
+        raise CorruptModelError(f"{path}: the config says kernel_size {declared_kernel} but the weights "
+                                f"hold {list(kernel_size)}")
     use_bias = any(b.name.startswith("b") for b in blocks)
     reset_after = None
     if kind is CellKind.GRU:

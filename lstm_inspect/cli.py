@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import typer
-from rich.console import Console
 
 from . import __version__, api
 from .errors import InspectError
@@ -27,11 +26,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 _state = {"debug": False}
 
 
-def stdout_console() -> Console:
+def stdout_console():
+    from rich.console import Console  # imported only when a rich table is printed
     return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 120, highlight=False)
 
 
-def stderr_console() -> Console:
+def stderr_console():
+    from rich.console import Console
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -90,6 +91,16 @@ def guarded(fn, *args, label: str, **kwargs):
 FORMAT_HELP = "Output format: table (default), json or markdown."
 
 
+def _copy_timeout(model: Path) -> float:
+    """Parsing gets the guard's default timeout; copying every weight also gets 1 s per 20 MB."""
+    from .guard import default_timeout
+    try:
+        size = model.stat().st_size if model.is_file() else 0
+    except OSError:
+        size = 0
+    return default_timeout() + size / 20e6
+
+
 @app.command()
 def summary(
     models: List[Path] = typer.Argument(..., help="Model files (.h5, .hdf5, .keras, .weights.h5, "
@@ -136,7 +147,7 @@ def split_gates(
         with atomic_output(output, force) as tmp:
             result = guarded(api.split_gates, str(model), str(output), tuple(layer), force=True,
                              tmp_path=tmp, progress=sys.stderr.isatty(), label=str(model),
-                             output_path=tmp)
+                             output_path=tmp, timeout=_copy_timeout(model))
         stderr_console().print(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
                                f"recurrent direction(s) to {output}", markup=False)
 

@@ -34,6 +34,43 @@ class Spec:
     inbound: tuple[str, int] | None = None  # functional graph: (source layer, tensor index)
 
 
+_BOOL_KEYS = ("trainable", "return_sequences", "return_state", "stateful", "go_backwards", "use_bias",
+              "reset_after", "unroll", "time_major", "center", "scale")
+_POSITIVE_INT_KEYS = ("units", "output_dim", "filters")
+_INT_TUPLE_KEYS = ("kernel_size", "strides", "dilation_rate")
+_TEXT_KEYS = ("padding", "data_format", "merge_mode", "consume_less")
+_ACTIVATION_KEYS = ("activation", "recurrent_activation", "inner_activation")
+
+
+def validate_layer_config(config: Mapping, where: str) -> None:
+    """Type-check every config value lstm-inspect uses, before it is used (files are untrusted)."""
+    def bad(key: str, expected: str) -> CorruptModelError:
+        shown = repr(config[key])
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return CorruptModelError(f"{where}: config value {key} must be {expected}, not {shown}")
+
+    for key in _BOOL_KEYS:
+        if key in config and not isinstance(config[key], bool) and config[key] not in (0, 1):
+            raise bad(key, "true or false")
+    for key in _POSITIVE_INT_KEYS:
+        value = config.get(key)
+        if key in config and value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                                     or value <= 0 or value > 2**31):
+            raise bad(key, "a positive integer")
+    for key in _INT_TUPLE_KEYS:
+        value = config.get(key)
+        items = value if isinstance(value, list) else [value]
+        if key in config and not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+                                     for v in items):
+            raise bad(key, "a positive integer or a list of them")
+    for key in _TEXT_KEYS:
+        if key in config and config[key] is not None and not isinstance(config[key], str):
+            raise bad(key, "a string")
+    for key in _ACTIVATION_KEYS:
+        if key in config and config[key] is not None and not isinstance(config[key], (str, Mapping)):
+            raise bad(key, "an activation name")
+
+
 def class_and_config(entry: Any, where: str) -> tuple[str, dict]:
     if not isinstance(entry, Mapping):
         raise CorruptModelError(f"{where}: a layer entry is not an object")
@@ -65,7 +102,7 @@ def _name_of(entry: Mapping, config: Any, fallback: str) -> str:
     name = config.get("name") if isinstance(config, Mapping) else None
     name = name or entry.get("name") or fallback
     if not isinstance(name, str):
-        raise CorruptModelError(f"model config: a layer name is not a string ({name!r})")
+        raise CorruptModelError(f"model config: a layer name is not a string ({repr(name)[:40]})")
     return name
 
 
@@ -84,6 +121,7 @@ def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
                     _inbound(entry))
     if not isinstance(config, Mapping):
         raise CorruptModelError(f"{where}: layer {name} has a config that is not an object")
+    validate_layer_config(config, f"layer {name}")
     return Spec(name, class_name, config, tuple(_wrapped(class_name, config, name, where)), role,
                 _input_shape(entry, config), _inbound(entry))
 
@@ -92,14 +130,18 @@ def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Sp
     """Children of wrappers: Bidirectional sides, TimeDistributed's layer, RNN cells."""
     if class_name == "Bidirectional":
         inner_class, inner = class_and_config(config.get("layer"), f"{where}/{name}")
-        inner_name = inner.get("name", inner_class.lower())
+        if not isinstance(inner, Mapping):
+            raise CorruptModelError(f"{where}/{name}: the wrapped layer's config is not an object")
+        inner_name = _name_of({}, inner, inner_class.lower())
         forward = _spec(config["layer"], inner_class, inner, "forward", where,
                         name=f"forward_{inner_name}")
         back_entry = config.get("backward_layer")
         if isinstance(back_entry, Mapping):
             b_class, b_config = class_and_config(back_entry, f"{where}/{name}")
+            if not isinstance(b_config, Mapping):
+                raise CorruptModelError(f"{where}/{name}: the backward layer's config is not an object")
             backward = _spec(back_entry, b_class, b_config, "backward", where,
-                             name=b_config.get("name") or f"backward_{inner_name}")
+                             name=_name_of({}, b_config, f"backward_{inner_name}"))
         else:
             b_config = dict(inner, go_backwards=not inner.get("go_backwards", False))
             backward = _spec(config["layer"], inner_class, b_config, "backward", where,
@@ -110,16 +152,21 @@ def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Sp
         return [_spec(config["layer"], inner_class, inner, "layer", where)]
     if class_name == "RNN" or ("cell" in config and class_name not in RNN_LAYER_CLASSES):
         cell = config.get("cell")
-        cells = cell if isinstance(cell, list) else [cell]
-        if len(cells) == 1 and isinstance(cells[0], Mapping) and cells[0].get("class_name") == "StackedRNNCells":
-            cells = cells[0].get("config", {}).get("cells", [])
+        stacked = isinstance(cell, list)
+        cells = cell if stacked else [cell]
+        if not stacked and isinstance(cell, Mapping) and cell.get("class_name") == "StackedRNNCells":
+            inner = cell.get("config")
+            cells = inner.get("cells") if isinstance(inner, Mapping) else None
+            if not isinstance(cells, list):
+                raise CorruptModelError(f"{where}/{name}: StackedRNNCells without a list of cells")
+            stacked = True
         out = []
         for k, c in enumerate(cells):
             c_class, c_config = class_and_config(c, f"{where}/{name}")
-            role = "cell" if len(cells) == 1 and not isinstance(cell, list) and \
-                config.get("cell", {}).get("class_name") != "StackedRNNCells" else f"cell_{k}"
-            out.append(_spec(c, c_class, c_config, role, where,
-                             name=c_config.get("name") or f"{c_class.lower()}_{k}"))
+            if not isinstance(c_config, Mapping):
+                raise CorruptModelError(f"{where}/{name}: cell {k} has a config that is not an object")
+            out.append(_spec(c, c_class, c_config, f"cell_{k}" if stacked else "cell", where,
+                             name=_name_of({}, c_config, f"{c_class.lower()}_{k}")))
         return out
     return []
 

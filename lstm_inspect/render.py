@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from rich import box
-from rich.console import Console, Group
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from .cells import GATE_MEANING
 from .safety import printable
@@ -113,7 +110,13 @@ def direction_facts(d: dict) -> list[str]:
 
 # --- table -------------------------------------------------------------------------------------
 
-def render_table(summaries: list[dict], console: Console) -> None:
+def render_table(summaries: list[dict], console: "Console") -> None:
+    # rich is imported here, not at module level: JSON output does not pay for it.
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
     plain = not console.is_terminal
     style_box = box.ASCII if plain else box.SIMPLE_HEAVY
     for i, s in enumerate(summaries):

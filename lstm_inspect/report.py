@@ -33,8 +33,26 @@ def summarize(model: Model, dirs: list[Direction] | None = None) -> dict[str, An
         "total_bytes": sum(by_dtype.values()),
         "layers": [layer_dict(layer) for layer in model.layers],
         "recurrent": [direction_dict(d) for d in dirs],
-        "notes": list(model.notes),
+        "notes": list(model.notes) + code_notes(model.layers),
     }
+
+
+_CODE_CLASSES = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+
+
+def code_notes(layers, prefix: str = "") -> list[str]:
+    """Layers whose config carries Python code or names a custom class: reported, never loaded."""
+    notes = []
+    for layer in layers:
+        where = f"{prefix}{layer.name}"
+        config = layer.config or {}
+        if layer.class_name in _CODE_CLASSES or "function" in config:
+            notes.append(f"layer {where} ({layer.class_name}) contains serialized Python code: not executed")
+        elif isinstance(config.get("registered_name"), str) and "." not in layer.class_name and \
+                config.get("registered_name") not in (None, layer.class_name):
+            notes.append(f"layer {where} uses the custom class {config['registered_name']}: not loaded")
+        notes += code_notes(layer.children, f"{where}/")
+    return notes
 
 
 def layer_dict(layer: Layer) -> dict[str, Any]:

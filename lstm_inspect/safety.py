@@ -22,7 +22,6 @@ import zlib
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from rich.markup import escape as _rich_escape
 
 from lstm_inspect.errors import CorruptModelError, NotAModelError, UnsafeModelError, UnsupportedDialectError
 
@@ -629,9 +628,11 @@ def escape_name(s: str | bytes, *, max_chars: int = 1000) -> str:
     ANSI escapes, bidi overrides and other non-printables are shown as \\x.. / \\u.. escapes,
     undecodable bytes (surrogateescape) as \\x.., and rich markup is escaped.
     """
+    from rich.markup import escape  # only when printing through rich: keeps the reading path light
+
     if isinstance(s, bytes):
         s = s.decode("utf-8", "surrogateescape")
-    return _rich_escape(printable(s, max_chars))
+    return escape(printable(s, max_chars))
 
 
 def printable(s: str, max_chars: int = 1000) -> str:
