@@ -6,7 +6,7 @@ functional `Model`, tf.keras / Keras 2.2.3+ (`{"name", "layers": [...]}`), Keras
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .errors import CorruptModelError
@@ -116,6 +116,8 @@ def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
             c_class, c_config = class_and_config(child, f"{where}/{name}")
             children.append(_spec(child, c_class, c_config, "", f"{where}/{name}",
                                   name=_name_of(child, c_config, f"layer_{i}")))
+        if class_name == "Sequential":
+            children = _without_input_layer(children)
         cfg = config if isinstance(config, Mapping) else {"layers": config}
         return Spec(name, class_name, cfg, tuple(children), role, _input_shape(entry, cfg),
                     _inbound(entry))
@@ -124,6 +126,22 @@ def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
     validate_layer_config(config, f"layer {name}")
     return Spec(name, class_name, config, tuple(_wrapped(class_name, config, name, where)), role,
                 _input_shape(entry, config), _inbound(entry))
+
+
+def _without_input_layer(children: list[Spec]) -> list[Spec]:
+    """Keras does not count a Sequential's InputLayer among its layers (nor saves it); its shape
+    becomes the first layer's input shape."""
+    if not children or children[0].class_name != "InputLayer":
+        return children
+    first, rest = children[0], children[1:]
+    if rest and first.input_shape is not None:
+        own = rest[0].input_shape
+        if own is None or len(own) != len(first.input_shape):
+            own = first.input_shape
+        else:  # a layer's own batch_input_shape may leave dims open that the InputLayer fixes
+            own = tuple(a if a is not None else b for a, b in zip(own, first.input_shape))
+        rest[0] = replace(rest[0], input_shape=own)
+    return rest
 
 
 def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Spec]:

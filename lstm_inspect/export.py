@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import threading
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .cells import Block, Direction, directions
+from .cells import Block, Direction, Transform, directions
 from .errors import UsageError
 from .formats import open_model
 from .model import Model
+from .npzstream import NpzStreamWriter, row_chunks
 
 META_KEY = "__meta__"
 MATH_LAYOUT = "keras: y = x @ W + h @ U + b; W (input_dim, units), U (units, units), b (units,)"
@@ -139,21 +139,62 @@ def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[str]:
         raise
 
 
-def write_npz(tmp: str, items: Iterable[tuple[str, Callable[[], np.ndarray]]],
-              progress: ProgressFn | None = None, total: int = 0) -> int:
-    """Write arrays one at a time into an uncompressed npz; returns the bytes of array data written."""
+def _streamable(block: Block) -> bool:
+    """A plain column slice (or all) of a tensor of rank >= 2: readable in row chunks of its source."""
+    if block.transform is not Transform.NONE or len(block.source.shape) < 2:
+        return False
+    if block.selection is Ellipsis:
+        return True
+    sel = block.selection
+    return isinstance(sel, tuple) and len(sel) == len(block.source.shape) and isinstance(sel[-1], slice) \
+        and all(s == slice(None) for s in sel[:-1])
+
+
+def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[], str],
+                 progress: ProgressFn | None = None) -> int:
+    """Write the blocks (and `__meta__`) into an npz at `tmp`; returns the array bytes written.
+
+    Blocks cut from the same tensor share one sequential read of it, in row chunks (see npzstream).
+    """
+    placeholder = meta()  # same length as the final text: only the sha256 is filled in later
+    members = [(key, np.dtype(_np_dtype(b)), b.shape) for key, b in blocks]
+    members.append((META_KEY, np.array(placeholder).dtype, ()))
+    total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, dtype, shape in members[:-1])
+    by_source: dict[str, list[tuple[int, Block]]] = {}
+    whole: list[tuple[int, Block]] = []
+    for index, (_, block) in enumerate(blocks):
+        target = by_source.setdefault(block.source.location or str(id(block.source)), []) \
+            if _streamable(block) else whole
+        target.append((index, block))
+    writer = NpzStreamWriter(tmp, members)
     done = 0
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, produce in items:
-            array = produce()
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
-            done += array.nbytes
+    try:
+        for group in by_source.values():
+            source = group[0][1].source
+            for rows in row_chunks(source.shape[0], source.nbytes // max(1, source.shape[0])):
+                data = source.read(rows)
+                for index, block in group:
+                    part = data if block.selection is Ellipsis else data[..., block.selection[-1]]
+                    writer.add(index, part)
+                    done += part.nbytes
+                if progress:
+                    progress(done, total)
+        for index, block in whole:
+            part = block.read()
+            writer.add(index, part)
+            done += part.nbytes
             if progress:
                 progress(done, total)
-            del array
-    # No fsync: like cp, leave write-back to the OS (an fsync of 1 GB costs ~40 s on slow disks);
-    # the rename still guarantees readers never see a half-written archive.
+        final = meta()
+        if len(final) != len(placeholder):
+            raise RuntimeError("metadata changed length while writing")
+        writer.add(len(members) - 1, np.array(final))
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    # No fsync: like cp, write-back is left to the OS (an fsync of 1 GB takes ~40 s on slow disks);
+    # the rename still guarantees that readers never see a half-written archive.
     return done
 
 
@@ -172,18 +213,21 @@ def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns:
         flat = unique_keys([k for d in dirs for k in keys[d.path]])
         it = iter(flat)
         keys = {d.path: [next(it) for _ in d.blocks] for d in dirs}
-        # Hash the source on the second core while the blocks are copied (hashlib drops the GIL).
+        # Hash the source on the other core while the blocks are copied (hashlib drops the GIL).
         digest = _background(file_sha256, str(model_path))
-        total = sum(b.size * np.dtype(_np_dtype(b)).itemsize for d in dirs for b in d.blocks)
-        items: list[tuple[str, Callable[[], np.ndarray]]] = [
-            (k, b.read) for d in dirs for b, k in zip(d.blocks, keys[d.path])]
-        items.append((META_KEY, lambda: np.array(json.dumps(
-            metadata(model, dirs, keys, str(model_path), digest()), indent=1))))
+        state = {"done": False}
+
+        def meta_text() -> str:
+            sha = digest() if state["done"] else ("0" * 64 if Path(model_path).is_file() else None)
+            state["done"] = True
+            return json.dumps(metadata(model, dirs, keys, str(model_path), sha), indent=1)
+
+        blocks = [(k, b) for d in dirs for b, k in zip(d.blocks, keys[d.path])]
         if tmp_path is not None:
-            written = write_npz(tmp_path, items, progress, total)
+            written = write_blocks(tmp_path, blocks, meta_text, progress)
         else:
             with atomic_output(out, force) as tmp:
-                written = write_npz(tmp, items, progress, total)
+                written = write_blocks(tmp, blocks, meta_text, progress)
     return SplitResult(str(out), tuple(flat), tuple(d.path for d in dirs), written)
 
 

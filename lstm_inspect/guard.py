@@ -30,7 +30,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from lstm_inspect import errors
-from lstm_inspect.errors import GuardError, InspectError, InternalError
+from lstm_inspect.errors import GuardError, InspectError, InternalError, UsageError
 
 T = TypeVar("T")
 
@@ -39,6 +39,8 @@ GiB = 1 << 30
 DEFAULT_MEMORY_BYTES = 2 * GiB
 MAX_RESULT_BYTES = 1 * GiB  # the parent refuses a larger result (module-level so tests can lower it)
 NO_GUARD_ENV = "LSTM_INSPECT_NO_GUARD"
+TIMEOUT_ENV = "LSTM_INSPECT_TIMEOUT"  # seconds; the default wall-clock limit when a caller gives none
+DEFAULT_TIMEOUT = 30.0
 
 _MAGIC = b"LSTMIG\x00\x01"
 _FRAME = struct.Struct(">cQ")  # one kind byte, then the payload length
@@ -59,7 +61,7 @@ def run_guarded(
     /,
     *args: Any,
     label: str,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     memory_bytes: int | None = DEFAULT_MEMORY_BYTES,
     cpu_seconds: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
@@ -72,13 +74,16 @@ def run_guarded(
     write files only when `output_path` is given; if the call fails, that path is removed.
     `guarded=False`, env LSTM_INSPECT_NO_GUARD=1, a platform without fork, or a call from inside
     a guarded child all run `fn` in-process instead (exceptions then propagate unchanged).
+    `timeout` (seconds of wall-clock time) defaults to env LSTM_INSPECT_TIMEOUT, else 30 s.
     The keyword names of this function (label, timeout, ...) cannot be passed on to `fn`.
     Without `output_path` the child cannot write to regular files at all (RLIMIT_FSIZE = 0),
     which includes a stdout/stderr redirected to a file.
     """
-    if timeout <= 0:
+    if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive")
     try:
+        if timeout is None:
+            timeout = default_timeout()
         if not _should_guard(guarded):
             return fn(*args, **kwargs)
         limits = _ChildLimits(memory_bytes, cpu_seconds, writable=output_path is not None)
@@ -86,6 +91,20 @@ def run_guarded(
     except BaseException:
         _remove_output(output_path)
         raise
+
+
+def default_timeout() -> float:
+    """The wall-clock limit of a guarded call: env LSTM_INSPECT_TIMEOUT (seconds), else 30 s."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{TIMEOUT_ENV} must be a positive number of seconds, not {text[:40]!r}")
+    return value
 
 
 def guard_enabled(guarded: bool | None = None) -> bool:

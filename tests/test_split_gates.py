@@ -214,18 +214,17 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     lstm_file(model)
     out = tmp_path / "out.npz"
     out.write_bytes(b"old")
+    from lstm_inspect import npzstream
+    original = npzstream.NpzStreamWriter.add
     calls = {"n": 0}
-    original = export.write_npz
 
-    def failing_write(tmp, items, progress=None, total=0):
-        def explode():
-            raise OSError("simulated read failure of the 3rd block")
-        items = list(items)
-        items[2] = (items[2][0], explode)
+    def failing_add(self, index, chunk):
         calls["n"] += 1
-        return original(tmp, items, progress, total)
+        if calls["n"] == 3:
+            raise OSError("simulated failure while writing the 3rd block")
+        return original(self, index, chunk)
 
-    monkeypatch.setattr(export, "write_npz", failing_write)
+    monkeypatch.setattr(npzstream.NpzStreamWriter, "add", failing_add)
     result = CliRunner().invoke(app, ["split-gates", str(model), "-o", str(out), "--force"])
     assert result.exit_code in (2, 3)
     assert len(result.stderr.strip().splitlines()) == 1

@@ -201,7 +201,6 @@ def _infer_leaf(name: str, weights: Sequence[Weight], role: str) -> Layer:
 
 def infer_class(name: str, weights: Sequence[Weight]) -> str:
     shorts = [w.short_name for w in weights]
-    lowered = name.lower()
     if any(_KERAS1_LSTM.match(s) for s in shorts) and any(s.endswith("_f") for s in shorts):
         return "LSTM"
     if any(_KERAS1_GRU.match(s) for s in shorts) and any(s.endswith("_z") for s in shorts):
@@ -230,8 +229,6 @@ def infer_class(name: str, weights: Sequence[Weight]) -> str:
         return "Dense" if len(kernel.shape) == 2 else f"Conv{len(kernel.shape) - 2}D"
     if {"W", "b"} <= {s.rsplit("_", 1)[-1] for s in shorts} and len(weights) == 2:
         return "Dense"  # Keras 1 <name>_W, <name>_b
-    if "dropout" in lowered:
-        return "Dropout"
     return "Unknown" if weights else "Unknown (no weights)"
 
 

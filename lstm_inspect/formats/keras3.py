@@ -106,39 +106,43 @@ def read_tree(tree: K3Tree, root: Spec | None) -> tuple[Layer, ...]:
     if root is None:
         return tuple(_infer(tree, f"layers/{n}", "") for n in tree.children_in_saved_order("layers"))
     if root.class_name in MODEL_CLASSES or root.children:
-        specs = [s for s in root.children if not (root.class_name == "Sequential"
-                                                   and s.class_name == "InputLayer")]
-        return tuple(_layer(tree, path, spec) for path, spec in
-                     zip(container_paths("layers", specs), specs))
+        return tuple(_container(tree, "layers", root))
     return (_layer(tree, "", root),)
 
 
-def _layer(tree: K3Tree, prefix: str, spec: Spec) -> Layer:
+def _container(tree: K3Tree, prefix: str, parent: Spec) -> list[Layer]:
+    """A model's layers, each at the group Keras gave it (class name plus a counter)."""
+    return [_layer(tree, path, spec)
+            for path, spec in zip(container_paths(prefix, parent.children), parent.children)]
+
+
+def _layer(tree: K3Tree, prefix: str, spec: Spec, label: str = "") -> Layer:
+    """`label` prefixes weight names inside a wrapper (forward_layer/cell/kernel)."""
     trainable = bool(spec.config.get("trainable", True))
     own: list[Weight] = []
     children: list[Layer] = []
     cls = spec.class_name
     if cls in MODEL_CLASSES or (spec.children and not spec.children[0].role):
-        specs = [s for s in spec.children if not (cls == "Sequential" and s.class_name == "InputLayer")]
-        children = [_layer(tree, p, s) for p, s in zip(container_paths(f"{prefix}/layers", specs), specs)]
+        children = _container(tree, f"{prefix}/layers", spec)
     elif cls == "Bidirectional":
         for side in spec.children:
-            children.append(_layer(tree, f"{prefix}/{side.role}_layer", side))
+            children.append(_layer(tree, f"{prefix}/{side.role}_layer", side, f"{label}{side.role}_layer/"))
     elif cls in RNN_LAYER_CLASSES:
         # Keras 3 keeps the variables on the cell; tf_keras's CuDNN layers have no cell.
-        own = _weights(tree, f"{prefix}/cell", "recurrent", "cell/") or _weights(tree, prefix, "recurrent", "")
+        own = _weights(tree, f"{prefix}/cell", "recurrent", f"{label}cell/") or \
+            _weights(tree, prefix, "recurrent", label)
     elif spec.children and spec.children[0].role == "layer":
-        children = [_layer(tree, f"{prefix}/layer", spec.children[0])]
+        children = [_layer(tree, f"{prefix}/layer", spec.children[0], f"{label}layer/")]
     elif spec.children and spec.children[0].role.startswith("cell"):
         if spec.children[0].role == "cell":
-            children = [_layer(tree, f"{prefix}/cell", spec.children[0])]
+            children = [_layer(tree, f"{prefix}/cell", spec.children[0], f"{label}cell/")]
         else:
             paths = container_paths(f"{prefix}/cell/cells", spec.children)
-            children = [_layer(tree, p, s) for p, s in zip(paths, spec.children)]
+            children = [_layer(tree, p, s, f"{label}{p.rsplit('/', 1)[-1]}/") for p, s in zip(paths, spec.children)]
     elif cls in CELL_CLASSES:
-        own = _weights(tree, prefix, "recurrent", "")
+        own = _weights(tree, prefix, "recurrent", label)
     else:
-        own = _weights(tree, prefix, cls, "") + _extra_weights(tree, prefix)
+        own = _weights(tree, prefix, cls, label) + _extra_weights(tree, prefix)
     if not trainable:
         own = [Weight(w.name, w.shape, w.dtype, False, w.location, w._read) for w in own]
     if cls == "BatchNormalization":

@@ -1,0 +1,469 @@
+"""`convert`: recurrent weights for PyTorch (safetensors) and ONNX, from the split blocks.
+
+Pure NumPy plus `safetensors.numpy` and `onnx.helper`; neither torch nor onnxruntime is needed to
+write. Gate orders on the fused axis:
+
+    Keras   LSTM i f c o   GRU z r h     (x @ W: W is (input, gates*units))
+    PyTorch LSTM i f g o   GRU r z n     (W x:  weight_ih is (gates*units, input))
+    ONNX    LSTM i o f c   GRU z r h     (W x:  W is (directions, gates*units, input))
+
+Each module is validated first (activations, GRU variant, Bidirectional sides) and the whole
+command refuses with the reason, writing nothing, when one selected layer cannot be expressed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__
+from . import reference as ref
+from .errors import MissingExtraError, UsageError
+
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8  # readable by every onnxruntime since 1.10
+
+_NEEDS = {"pytorch": ("safetensors", "convert --to pytorch needs safetensors: pip install 'lstm-inspect[convert]'"),
+          "onnx": ("onnx", "convert --to onnx needs onnx: pip install 'lstm-inspect[convert]'")}
+
+
+def require(target: str) -> None:
+    module, message = _NEEDS[target]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingExtraError(message)
+
+
+# ============================================================================================
+# Modules: one per recurrent layer (a Bidirectional layer is one module with two sides)
+# ============================================================================================
+
+def group_modules(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Group the collected directions into modules, in model order."""
+    modules: list[dict[str, Any]] = []
+    by_layer: dict[str, dict[str, Any]] = {}
+    for f in data["directions"]:
+        bidi = f.get("bidirectional")
+        if bidi and bidi.get("layer"):
+            key = bidi["layer"]
+            if key not in by_layer:
+                by_layer[key] = {"path": key, "sides": {}, "merge_mode": bidi.get("merge_mode", "concat")}
+                modules.append(by_layer[key])
+            by_layer[key]["sides"][bidi["side"]] = f
+        else:
+            modules.append({"path": f["path"], "sides": {"forward": f}, "merge_mode": None,
+                            "inside_bidirectional": bool(bidi)})
+    out = []
+    for m in modules:
+        sides = m["sides"]
+        if set(sides) == {"forward", "backward"}:
+            out.append({"path": m["path"], "directions": [sides["forward"], sides["backward"]],
+                        "bidirectional": True, "merge_mode": m["merge_mode"]})
+        else:  # a single side selected (--layer bidi/forward), or a plain layer
+            for side in sides.values():
+                out.append({"path": side["path"], "directions": [side], "bidirectional": False,
+                            "merge_mode": None, "inside_bidirectional": bool(side.get("bidirectional"))})
+    return out
+
+
+def _check_common(m: Mapping[str, Any], target: str) -> None:
+    dirs = m["directions"]
+    first = dirs[0]
+    where = m["path"]
+    if first["kind"] == "ConvLSTM":
+        what = "torch.nn module" if target == "pytorch" else "ONNX operator"
+        raise UsageError(f"{where}: {first['class']} is a convolutional LSTM; no {what} computes it "
+                         f"(select other layers with --layer)")
+    if first["class"] == "PeepholeLSTMCell":
+        raise UsageError(f"{where}: PeepholeLSTMCell has peephole weights; not converted")
+    if m["bidirectional"]:
+        fwd, bwd = dirs
+        for key in ("kind", "units", "input_dim", "use_bias", "reset_after", "activation",
+                    "recurrent_activation"):
+            if fwd.get(key) != bwd.get(key):
+                raise UsageError(f"{where}: the Bidirectional sides differ in {key} ({fwd.get(key)!r} vs "
+                                 f"{bwd.get(key)!r}); one bidirectional module cannot hold them")
+        if fwd.get("go_backwards") or not bwd.get("go_backwards"):
+            raise UsageError(f"{where}: the wrapped layer sets go_backwards=True, so its forward side reads "
+                             f"backwards; no bidirectional module computes that")
+    elif m.get("inside_bidirectional") and "/" in m["path"] and not m["path"].endswith(("/forward", "/backward")):
+        raise UsageError(f"{where}: a stacked cell inside a Bidirectional layer; no single module computes it")
+
+
+# ============================================================================================
+# PyTorch
+# ============================================================================================
+
+def _torch_kind(m: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    f = m["directions"][0]
+    kind, where = f["kind"], m["path"]
+    extra: dict[str, Any] = {}
+    if kind in ("LSTM", "GRU"):
+        if f["activation"] != "tanh" or f["recurrent_activation"] != "sigmoid":
+            raise UsageError(f"{where}: torch.nn.{kind} computes tanh with sigmoid gates; this layer uses "
+                             f"activation={f['activation']}, recurrent_activation={f['recurrent_activation']}")
+        if kind == "GRU" and not f["reset_after"]:
+            raise UsageError(f"{where}: GRU with reset_after=False applies the reset gate before the "
+                             f"recurrent matmul; torch.nn.GRU computes only reset_after=True "
+                             f"(the ONNX export handles both)")
+        return kind, extra
+    if kind == "SimpleRNN":
+        if f["activation"] not in ("tanh", "relu"):
+            raise UsageError(f"{where}: torch.nn.RNN computes tanh or relu; this SimpleRNN uses "
+                             f"{f['activation']}")
+        extra["nonlinearity"] = f["activation"]
+        return "RNN", extra
+    raise UsageError(f"{where}: {f['class']} has no torch.nn module")
+
+
+def _cat(blocks: Mapping[str, np.ndarray], prefix: str, gates: Sequence[str]) -> np.ndarray | None:
+    parts = [blocks.get(f"{prefix}_{g}" if g else prefix) for g in gates]
+    if any(p is None for p in parts):
+        return None
+    return np.concatenate([np.asarray(p) for p in parts], axis=-1)
+
+
+def _dtype(m: Mapping[str, Any], allow64: bool) -> np.dtype:
+    arrays = [a for f in m["directions"] for a in f["blocks"].values()]
+    if allow64 and arrays and all(np.asarray(a).dtype == np.float64 for a in arrays):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def torch_tensors(f: Mapping[str, Any], prefix: str, suffix: str, dtype) -> dict[str, np.ndarray]:
+    """state_dict entries of one direction, in PyTorch gate order and layout (W x)."""
+    kind = f["kind"]
+    gates = ref.TORCH_GATES[kind]
+    blocks = f["blocks"]
+    w, u = _cat(blocks, "W", gates), _cat(blocks, "U", gates)
+    if w is None or u is None:
+        raise UsageError(f"{f['path']}: the split lacks a W or U block")
+    out = {f"{prefix}.weight_ih_l0{suffix}": w.T, f"{prefix}.weight_hh_l0{suffix}": u.T}
+    if f["use_bias"]:
+        b = _cat(blocks, "b", gates)
+        bu = _cat(blocks, "bU", gates)
+        if b is None:
+            raise UsageError(f"{f['path']}: the split lacks its b blocks")
+        out[f"{prefix}.bias_ih_l0{suffix}"] = b
+        out[f"{prefix}.bias_hh_l0{suffix}"] = bu if bu is not None else np.zeros_like(b)
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in out.items()}
+
+
+def _keras_output(m: Mapping[str, Any], units: int, var: str, seq_axis: int = 1) -> str:
+    """How to get the Keras layer's output from the full output sequence `var` (batch, time, D*units)."""
+    f = m["directions"][0]
+    if not m["bidirectional"]:
+        return var if f.get("return_sequences") else f"{var}[:, -1]"
+    H = units
+    rs = bool(f.get("return_sequences"))
+    fwd = f"{var}[..., :{H}]" if rs else f"{var}[:, -1, :{H}]"
+    bwd = f"{var}[..., {H}:]" if rs else f"{var}[:, 0, {H}:]"
+    mode = m["merge_mode"]
+    if mode == "concat":
+        return var if rs else f"concat([{fwd}, {bwd}], axis=-1)"
+    return {"sum": f"{fwd} + {bwd}", "ave": f"({fwd} + {bwd}) / 2", "mul": f"{fwd} * {bwd}",
+            "none": f"[{fwd}, {bwd}]"}.get(mode, f"merge_mode {mode}: from {fwd} and {bwd}")
+
+
+def _keras_facts(m: Mapping[str, Any]) -> dict[str, Any]:
+    f = m["directions"][0]
+    facts = {"paths": [d["path"] for d in m["directions"]], "class": f["class"], "kind": f["kind"],
+             "units": f["units"], "input_dim": f["input_dim"], "activation": f["activation"],
+             "recurrent_activation": f["recurrent_activation"], "use_bias": f["use_bias"],
+             "return_sequences": f.get("return_sequences"), "return_state": f.get("return_state"),
+             "go_backwards": bool(f.get("go_backwards")) if not m["bidirectional"] else None,
+             "stateful": f.get("stateful")}
+    if f["kind"] == "GRU":
+        facts["reset_after"] = f["reset_after"]
+    if m["bidirectional"]:
+        facts["merge_mode"] = m["merge_mode"]
+    return facts
+
+
+def _source(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {"file": data["name"], "sha256": data.get("sha256"), "format": data["format"],
+            "keras_version": data.get("keras_version")}
+
+
+def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All tensors and the metadata; raises UsageError (nothing written) when a layer cannot convert."""
+    modules = group_modules(data)
+    tensors: dict[str, np.ndarray] = {}
+    described: dict[str, Any] = {}
+    for m in modules:
+        _check_common(m, "pytorch")
+        nn, extra = _torch_kind(m)
+        prefix = m["path"].replace("/", ".")
+        if prefix in described:
+            raise UsageError(f"{m['path']}: two layers map to the module name {prefix!r}")
+        dtype = _dtype(m, allow64=True)
+        f = m["directions"][0]
+        for f_side, suffix in zip(m["directions"], ("", "_reverse")):
+            tensors.update(torch_tensors(f_side, prefix, suffix, dtype))
+        kwargs = {"input_size": f["input_dim"], "hidden_size": f["units"], "num_layers": 1,
+                  "bias": bool(f["use_bias"]), "batch_first": True, "bidirectional": m["bidirectional"],
+                  **extra}
+        reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
+        call = "out, _ = module(x.flip(1))" if reverse else "out, _ = module(x)"
+        notes = []
+        if reverse:
+            notes.append("go_backwards=True: feed the input reversed in time (x.flip(1)); `out` is then in "
+                         "Keras's order (processing order)")
+        if f["kind"] == "LSTM" and f["is_cudnn"]:
+            notes.append("CuDNNLSTM: bias_ih is the input bias, bias_hh the recurrent bias, as cuDNN stored them")
+        elif f["kind"] in ("LSTM", "SimpleRNN") and f["use_bias"]:
+            notes.append("bias_ih holds the Keras bias and bias_hh zeros (PyTorch adds them)")
+        if f.get("stateful"):
+            notes.append("stateful in Keras: carry (h, c) between calls yourself")
+        if dtype == np.float32 and f["dtype"] not in ("float32",):
+            notes.append(f"weights stored as {f['dtype']} in the file, written as float32")
+        described[prefix] = {
+            "nn": f"torch.nn.{nn}", "kwargs": kwargs,
+            "tensors": sorted(k for k in tensors if k.startswith(prefix + ".")),
+            "usage": f"module = torch.nn.{nn}(**kwargs); module.load_state_dict(<tensors without the "
+                     f"'{prefix}.' prefix>); {call}  # x: (batch, time, {f['input_dim']})",
+            "keras_output": _keras_output(m, f["units"], "out"),
+            "keras": _keras_facts(m), "notes": notes,
+        }
+    meta = {"tool": "lstm-inspect", "version": __version__, "schema": 1, "source": _source(data),
+            "gate_order": "PyTorch: LSTM i,f,g,o; GRU r,z,n (Keras: LSTM i,f,c,o; GRU z,r,h)",
+            "modules": described}
+    return tensors, meta
+
+
+def write_pytorch(data: Mapping[str, Any], out: str | os.PathLike, force: bool) -> dict[str, Any]:
+    from safetensors.numpy import save_file
+
+    from .export import atomic_output
+
+    tensors, meta = plan_pytorch(data)
+    with atomic_output(out, force) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt", "lstm_inspect": json.dumps(meta, sort_keys=True)})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    lines = [f"wrote {len(tensors)} tensors of {len(meta['modules'])} module(s) to {out}"]
+    for prefix, m in meta["modules"].items():
+        args = ", ".join(f"{k}={v!r}" for k, v in m["kwargs"].items())
+        lines.append(f"  {prefix}: {m['nn']}({args})")
+    return {"lines": lines, "metadata": meta}
+
+
+# ============================================================================================
+# ONNX
+# ============================================================================================
+
+_ONNX_ACT = {"tanh": ("Tanh", None, None), "sigmoid": ("Sigmoid", None, None), "relu": ("Relu", None, None),
+             "softsign": ("Softsign", None, None), "softplus": ("Softplus", None, None),
+             "elu": ("Elu", 1.0, None), "linear": ("Affine", 1.0, 0.0), None: ("Affine", 1.0, 0.0)}
+
+
+def onnx_activation(name: str | None, flavor: str, where: str) -> tuple[str, float | None, float | None]:
+    """(ONNX activation, alpha, beta) of a Keras activation; hard_sigmoid by the producing version."""
+    if name == "hard_sigmoid":
+        # Keras 1/2: clip(0.2x + 0.5, 0, 1); Keras 3: relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1)
+        return ("HardSigmoid", 0.2, 0.5) if flavor == "keras2" else ("HardSigmoid", 1.0 / 6.0, 0.5)
+    if name in _ONNX_ACT:
+        return _ONNX_ACT[name]
+    raise UsageError(f"{where}: activation {name!r} has no ONNX recurrent-operator equivalent (ONNX "
+                     f"LSTM/GRU/RNN accept Relu, Tanh, Sigmoid, Affine, LeakyRelu, ThresholdedRelu, "
+                     f"ScaledTanh, HardSigmoid, Elu, Softsign, Softplus)")
+
+
+def _onnx_weights(f: Mapping[str, Any], reset_after: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    kind = f["kind"]
+    gates = ref.ONNX_GATES[kind]
+    blocks = f["blocks"]
+    w, u = _cat(blocks, "W", gates), _cat(blocks, "U", gates)
+    if w is None or u is None:
+        raise UsageError(f"{f['path']}: the split lacks a W or U block")
+    if not f["use_bias"]:
+        return w.T, u.T, None
+    b = _cat(blocks, "b", gates)
+    bu = _cat(blocks, "bU", gates)
+    if b is None:
+        raise UsageError(f"{f['path']}: the split lacks its b blocks")
+    return w.T, u.T, np.concatenate([b, bu if bu is not None else np.zeros_like(b)])
+
+
+def onnx_file_name(path: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.replace("/", "__")).lstrip(".") or "layer"
+    return name[:200] + ".onnx"
+
+
+def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
+    """One ONNX model: X (batch, time, input) -> Y (batch, time, directions*units)."""
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    f = m["directions"][0]
+    kind, where = f["kind"], m["path"]
+    flavor = ref.hard_sigmoid_flavor(data.get("producer"))
+    op = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}[kind]
+    per_dir = {"LSTM": [f["recurrent_activation"], f["activation"], f["activation"]],
+               "GRU": [f["recurrent_activation"], f["activation"]],
+               "SimpleRNN": [f["activation"]]}[kind]
+    D = 2 if m["bidirectional"] else 1
+    acts, alphas, betas = [], [], []
+    for name in per_dir * D:
+        act, alpha, beta = onnx_activation(name, flavor, where)
+        acts.append(act)
+        if alpha is not None:
+            alphas.append(alpha)
+        if beta is not None:
+            betas.append(beta)
+    W, R, B = zip(*(_onnx_weights(d, bool(f.get("reset_after"))) for d in m["directions"]))
+    H, I = f["units"], f["input_dim"]
+    inits = [numpy_helper.from_array(np.stack(W).astype(np.float32), "W"),
+             numpy_helper.from_array(np.stack(R).astype(np.float32), "R")]
+    inputs = ["X_tm", "W", "R"]
+    if B[0] is not None:
+        inits.append(numpy_helper.from_array(np.stack(B).astype(np.float32), "B"))
+        inputs.append("B")
+    nodes = [helper.make_node("Transpose", ["X"], ["X_tm"], perm=[1, 0, 2], name="to_time_major")]
+    reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
+    if reverse:  # Keras go_backwards: read the steps last to first, outputs in that order
+        inits += [numpy_helper.from_array(np.array([-1], np.int64), "rev_starts"),
+                  numpy_helper.from_array(np.array([np.iinfo(np.int64).min], np.int64), "rev_ends"),
+                  numpy_helper.from_array(np.array([0], np.int64), "rev_axes"),
+                  numpy_helper.from_array(np.array([-1], np.int64), "rev_steps")]
+        nodes.append(helper.make_node("Slice", ["X_tm", "rev_starts", "rev_ends", "rev_axes", "rev_steps"],
+                                      ["X_rev"], name="go_backwards"))
+        inputs[0] = "X_rev"
+    attrs: dict[str, Any] = {"hidden_size": H, "activations": acts,
+                             "direction": "bidirectional" if D == 2 else "forward"}
+    if alphas:
+        attrs["activation_alpha"] = alphas
+    if betas:
+        attrs["activation_beta"] = betas
+    if kind == "GRU":
+        attrs["linear_before_reset"] = 1 if f["reset_after"] else 0
+    nodes.append(helper.make_node(op, inputs, ["Y_tm"], name=where.replace("/", "__"), **attrs))
+    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "bt_shape"))
+    nodes.append(helper.make_node("Transpose", ["Y_tm"], ["Y_bt"], perm=[2, 0, 1, 3], name="to_batch_major"))
+    nodes.append(helper.make_node("Reshape", ["Y_bt", "bt_shape"], ["Y"], name="concat_directions"))
+    x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "time", I])
+    y_info = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", "time", D * H])
+    graph = helper.make_graph(nodes, where.replace("/", "__"), [x_info], [y_info], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="lstm-inspect", producer_version=__version__)
+    model.ir_version = ONNX_IR_VERSION
+    keras_out = _keras_output(m, H, "Y")
+    notes = ["Y is always the whole output sequence (batch, time, directions*units), Keras's "
+             "concatenated layout; keras_output says how to get the Keras layer's output from it"]
+    if reverse:
+        notes.append("go_backwards=True: the graph reverses X in time; Y is in Keras's (processing) order")
+    if "HardSigmoid" in acts:
+        notes.append(f"hard_sigmoid as {ref.HARD_SIGMOID[flavor]}: HardSigmoid(alpha="
+                     f"{0.2 if flavor == 'keras2' else 1 / 6:.6g}, beta=0.5)")
+    meta = {"tool": "lstm-inspect", "version": __version__, "source": _source(data),
+            "keras": _keras_facts(m), "keras_output": keras_out, "op": op,
+            "gate_order": {"LSTM": "ONNX i,o,f,c (Keras i,f,c,o)", "GRU": "z,r,h (as Keras)",
+                           "SimpleRNN": "one block"}[kind], "notes": notes}
+    helper.set_model_props(model, {"lstm_inspect": json.dumps(meta, sort_keys=True),
+                                   "keras_output": keras_out})
+    model.doc_string = (f"{where}: Keras {f['class']} ({kind}, {H} units) from {data['name']}; "
+                        f"Keras output = {keras_out}")
+    checker.check_model(model, full_check=True)
+    return model
+
+
+def plan_onnx(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    modules = group_modules(data)
+    out: list[tuple[str, Any]] = []
+    used: set[str] = set()
+    for m in modules:
+        _check_common(m, "onnx")
+        name = onnx_file_name(m["path"])
+        stem, k = name[:-5], 1
+        while name.lower() in used:
+            k += 1
+            name = f"{stem}~{k}.onnx"
+        used.add(name.lower())
+        out.append((name, build_onnx(m, data)))
+    return out
+
+
+def write_onnx(data: Mapping[str, Any], out: str | os.PathLike, force: bool) -> dict[str, Any]:
+    models = plan_onnx(data)
+    with atomic_folder(out, force) as tmp:
+        for name, model in models:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as fh:
+                fh.write(model.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+    lines = [f"wrote {len(models)} ONNX model(s) to {out}/"]
+    for name, model in models:
+        node = next(n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN"))
+        direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
+        lines.append(f"  {name}: {node.op_type} ({direction}), opset {ONNX_OPSET}")
+    return {"lines": lines, "files": [n for n, _ in models]}
+
+
+class atomic_folder:
+    """Build a folder beside `out` and rename it into place; an existing output is replaced only with
+    force and only if it looks like an earlier export (nothing but .onnx files)."""
+
+    def __init__(self, out: str | os.PathLike, force: bool) -> None:
+        self.target = Path(out)
+        self.force = force
+        self.tmp: str | None = None
+
+    def __enter__(self) -> str:
+        target = self.target
+        if target.exists() or target.is_symlink():
+            if not self.force:
+                raise UsageError(f"{target} already exists (use --force to replace it)")
+            if target.is_symlink() or not target.is_dir():
+                raise UsageError(f"{target} exists and is not a folder; refusing to replace it")
+            strangers = [p.name for p in target.iterdir() if not (p.is_file() and not p.is_symlink()
+                                                                   and p.name.endswith(".onnx"))]
+            if strangers:
+                raise UsageError(f"{target} holds files that are not .onnx models ({', '.join(strangers[:3])}); "
+                                 f"refusing to replace it")
+        parent = target.parent if str(target.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"output folder {parent} does not exist")
+        self.tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        target = self.target
+        try:
+            os.chmod(self.tmp, 0o777 & ~_umask())
+            if target.exists():
+                old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+                os.rmdir(old)
+                os.rename(target, old)
+                try:
+                    os.rename(self.tmp, target)
+                except BaseException:
+                    os.rename(old, target)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(self.tmp, target)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
