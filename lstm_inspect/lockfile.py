@@ -32,6 +32,7 @@ from .cells import GATE_MEANING, Block, Direction, Transform, directions
 from .errors import CorruptModelError, UsageError
 from .formats import open_model
 from .model import Layer, Model, Weight, strip_tf_suffix
+from .report import direction_dict
 
 SCHEMA = "lstm-inspect/snapshot"
 VERSION = 1
@@ -154,27 +155,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_DIRECTION_KEYS = ("path", "kind", "class", "units", "input_dim", "gates", "params", "blocks", "kernel_size",
+                   "use_bias", "reset_after", "activation", "recurrent_activation", "return_sequences",
+                   "return_state", "stateful", "go_backwards")
+
+
 def direction_record(d: Direction) -> dict:
-    return {
-        "path": d.path,
-        "layer": d.path.split("/", 1)[0],
-        "kind": d.kind.value,
-        "class": d.class_name,
-        "units": d.units,
-        "input_dim": d.input_dim,
-        "gates": list(d.gates),
-        "params": d.params,
-        "blocks": {b.name: list(b.shape) for b in d.blocks},
-        "kernel_size": list(d.kernel_size) if d.kernel_size else None,
-        "use_bias": d.use_bias,
-        "reset_after": d.reset_after,
-        "activation": d.activation,
-        "recurrent_activation": d.recurrent_activation,
-        "return_sequences": d.return_sequences,
-        "return_state": d.return_state,
-        "stateful": d.stateful,
-        "go_backwards": d.go_backwards,
-    }
+    """The summary's direction entry, restricted to the facts a lock file pins."""
+    full = direction_dict(d)
+    return {"layer": d.path.split("/", 1)[0], **{k: full[k] for k in _DIRECTION_KEYS}}
 
 
 # --- reading tensors in row slices -------------------------------------------------------------
