@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .cells import Block, Direction, Transform, directions
-from .errors import UsageError
+from .errors import CorruptModelError, UsageError
 from .formats import open_model
-from .model import Model
-from .npzstream import NpzStreamWriter, row_chunks
+from .model import Model, Weight
+from .npzstream import NpzStreamWriter, Pending, row_chunks
 
 META_KEY = "__meta__"
 MATH_LAYOUT = "keras: y = x @ W + h @ U + b; W (input_dim, units), U (units, units), b (units,)"
@@ -147,7 +147,7 @@ def _streamable(block: Block) -> bool:
         return True
     sel = block.selection
     return isinstance(sel, tuple) and len(sel) == len(block.source.shape) and isinstance(sel[-1], slice) \
-        and all(s == slice(None) for s in sel[:-1])
+        and sel[-1].step in (None, 1) and all(s == slice(None) for s in sel[:-1])
 
 
 def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[], str],
@@ -171,6 +171,9 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
     try:
         for group in by_source.values():
             source = group[0][1].source
+            if source.extent is not None:
+                done = _copy_extent(writer, group, source, done, total, progress)
+                continue
             for rows in row_chunks(source.shape[0], source.nbytes // max(1, source.shape[0])):
                 data = source.read(rows)
                 for index, block in group:
@@ -196,6 +199,58 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
     # No fsync: like cp, write-back is left to the OS (an fsync of 1 GB takes ~40 s on slow disks);
     # the rename still guarantees that readers never see a half-written archive.
     return done
+
+
+def _copy_extent(writer: NpzStreamWriter, group: list[tuple[int, Block]], source: Weight, done: int,
+                 total: int, progress: ProgressFn | None) -> int:
+    """Copy column blocks straight from the source file's bytes: one sequential read of the tensor
+    in row chunks, each chunk handed to the CRC and write workers as per-row slices (no copies).
+    Two buffers alternate so the next read overlaps the previous chunk's CRC and write."""
+    path, offset = source.extent  # type: ignore[misc]
+    width = source.shape[-1]
+    rows_total = source.size // max(1, width)
+    itemsize = source.nbytes // max(1, source.size)
+    row_bytes = width * itemsize
+    chunks = list(row_chunks(rows_total, row_bytes))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if offset + source.nbytes > os.fstat(fd).st_size:
+            raise CorruptModelError(f"weight {source.name} extends past the end of the file")
+        size = (chunks[0].stop - chunks[0].start) * row_bytes if chunks else 0
+        slots = [(bytearray(size), Pending()), (bytearray(size), Pending())]
+        for k, rows in enumerate(chunks):
+            buffer, pending = slots[k % 2]
+            pending.wait()
+            view = memoryview(buffer)[:(rows.stop - rows.start) * row_bytes]
+            _pread_exactly(fd, view, offset + rows.start * row_bytes, source.name)
+            for index, block in group:
+                writer.add_segments(index, _row_segments(view, block, row_bytes, itemsize), pending)
+            done += len(view)
+            if progress:
+                progress(done, total)
+        for _, pending in slots:
+            pending.wait()
+    finally:
+        os.close(fd)
+    return done
+
+
+def _row_segments(view: memoryview, block: Block, row_bytes: int, itemsize: int) -> list[memoryview]:
+    if block.selection is Ellipsis:
+        return [view]
+    cols = block.selection[-1]
+    start, stop = cols.start * itemsize, cols.stop * itemsize
+    if start == 0 and stop == row_bytes:
+        return [view]
+    return [view[r + start:r + stop] for r in range(0, len(view), row_bytes)]
+
+
+def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
+    while len(view):
+        got = os.preadv(fd, [view], position)
+        if got <= 0:
+            raise CorruptModelError(f"weight {name} ends early: the file is truncated")
+        view, position = view[got:], position + got
 
 
 def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),

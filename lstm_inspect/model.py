@@ -26,6 +26,9 @@ class Weight:
     trainable: bool = True
     location: str = ""  # where it lives in the container (HDF5 path), for messages and metadata
     _read: ReadFn | None = field(default=None, compare=False, repr=False)
+    # (file, byte offset) of the raw little-endian C-order bytes, when stored that plainly
+    # (contiguous, unfiltered): lets split-gates copy without going through HDF5.
+    extent: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:

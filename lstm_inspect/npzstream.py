@@ -24,6 +24,7 @@ _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01: fixed, so equal inputs give e
 _UTF8 = 0x800
 _ZIP64 = 45
 _FF4 = 0xFFFFFFFF
+_IOV_MAX = 1024  # Linux's limit on buffers per pwritev
 
 
 @dataclass
@@ -102,6 +103,21 @@ class NpzStreamWriter:
             self._submit(i, memoryview(m.npy_header), header=True)
 
     # -- producer side ----------------------------------------------------------------------
+    def add_segments(self, index: int, segments: list[memoryview], pending: "Pending") -> None:
+        """The next bytes of member `index`, as pieces of a buffer the caller reuses only after
+        `pending.wait()` (both workers are done with it)."""
+        m = self.members[index]
+        size = sum(len(seg) for seg in segments)
+        position = m.data_offset + len(m.npy_header) + m.received
+        m.received += size
+        if m.received > m.nbytes:
+            raise ValueError(f"{m.name}: more data than its shape {m.shape} holds")
+        self._raise_worker_error()
+        pending.expect(2)  # the CRC worker and the write worker each release it once
+        item = (index, position, segments, pending)
+        self._crc_queue.put(item)
+        self._write_queue.put(item)
+
     def add(self, index: int, chunk: np.ndarray) -> None:
         """The next bytes of member `index` (C order); chunks of one member must come in order."""
         m = self.members[index]
@@ -120,7 +136,7 @@ class NpzStreamWriter:
             if m.received > m.nbytes:
                 raise ValueError(f"{m.name}: more data than its shape {m.shape} holds")
         self._raise_worker_error()
-        item = (index, position, data)
+        item = (index, position, [data], None)
         self._crc_queue.put(item)
         self._write_queue.put(item)
 
@@ -157,31 +173,74 @@ class NpzStreamWriter:
             raise self._errors[0]
 
     def _crc_worker(self) -> None:  # zlib.crc32 releases the GIL on large buffers
-        self._drain(self._crc_queue, lambda i, _pos, data: self._update_crc(i, data))
+        self._drain(self._crc_queue, lambda i, _pos, segments: self._update_crc(i, segments))
 
     def _write_worker(self) -> None:  # so does os.pwrite
         self._drain(self._write_queue, self._pwrite)
 
-    def _update_crc(self, index: int, data: memoryview) -> None:
+    def _update_crc(self, index: int, segments: list[memoryview]) -> None:
         m = self.members[index]
-        m.crc = zlib.crc32(data, m.crc)
+        crc = m.crc
+        for seg in segments:
+            crc = zlib.crc32(seg, crc)
+        m.crc = crc
 
-    def _pwrite(self, _index: int, position: int, data: memoryview) -> None:
-        while len(data):
-            written = os.pwrite(self.fd, data, position)
-            data, position = data[written:], position + written
+    def _pwrite(self, _index: int, position: int, segments: list[memoryview]) -> None:
+        for start in range(0, len(segments), _IOV_MAX):
+            batch = segments[start:start + _IOV_MAX]
+            total = sum(len(seg) for seg in batch)
+            written = os.pwritev(self.fd, batch, position)
+            if written != total:  # short write (rare on regular files): finish piece by piece
+                self._pwrite_rest(batch, position, written)
+            position += total
+
+    def _pwrite_rest(self, batch: list[memoryview], position: int, skip: int) -> None:
+        for seg in batch:
+            if skip >= len(seg):
+                skip -= len(seg)
+                position += len(seg)
+                continue
+            data, position, skip = seg[skip:], position + skip, 0
+            while len(data):
+                n = os.pwrite(self.fd, data, position)
+                data, position = data[n:], position + n
 
     def _drain(self, q: queue.Queue, handle) -> None:
         while True:
             item = q.get()
             if item is None:
                 return
-            if self._errors:
-                continue  # keep draining so the producer never blocks on a full queue
+            index, position, segments, pending = item
             try:
-                handle(*item)
+                if not self._errors:  # after an error keep draining so the producer never blocks
+                    handle(index, position, segments)
             except BaseException as err:  # reported to the producer on its next call
                 self._errors.append(err)
+            finally:
+                if pending is not None:
+                    pending.release()
+
+
+class Pending:
+    """Counts the workers still using a buffer; `wait()` returns when none is."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._done = threading.Condition()
+
+    def expect(self, n: int) -> None:
+        with self._done:
+            self._count += n
+
+    def release(self) -> None:
+        with self._done:
+            self._count -= 1
+            if self._count <= 0:
+                self._done.notify_all()
+
+    def wait(self) -> None:
+        with self._done:
+            self._done.wait_for(lambda: self._count <= 0)
 
 
 def row_chunks(length: int, row_bytes: int, target: int = 16 << 20) -> Iterator[slice]:

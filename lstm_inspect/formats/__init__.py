@@ -67,16 +67,16 @@ def _open_h5(source: Any, limits: "safety.Limits", closers: list) -> h5py.File:
 
 def _read_hdf5(path: Path, limits: "safety.Limits", closers: list) -> dict:
     f = _open_h5(path, limits, closers)
-    return _read_h5_file(f, limits)
+    return _read_h5_file(f, limits, (str(path), 0))
 
 
-def _read_h5_file(f: h5py.File, limits: "safety.Limits") -> dict:
+def _read_h5_file(f: h5py.File, limits: "safety.Limits", base: tuple[str, int] | None) -> dict:
     load_json = lambda data, what: safety.load_json(data, what, limits)  # noqa: E731
     if is_legacy(f):
-        return read_legacy(f, load_json)
+        return read_legacy(f, load_json, base)
     if "layers" in f or "vars" in f:
         tree = K3Tree()
-        tree.add_file(f)
+        tree.add_file(f, base)
         return {"format": "keras-weights-h5", "layers": read_tree(tree, None), "has_config": False}
     raise UnsupportedDialectError("an HDF5 file, but not a Keras model or weights file "
                                   "(no model_config, layer_names or layers/ group)")
@@ -96,7 +96,7 @@ def _read_zip(path: Path, limits: "safety.Limits", closers: list) -> dict:
         raise UnsafeModelError("its weights are model.weights.npz, whose entries are pickled "
                                "Python objects; lstm-inspect never unpickles (re-save as .h5 weights)")
     read = lambda name: safety.read_member(zf, name, limits)  # noqa: E731
-    return _read_archive(names, read, lambda name: _zip_member_h5(raw, zf, name, limits, closers),
+    return _read_archive(names, read, lambda name: _zip_member_h5(path, raw, zf, name, limits, closers),
                          limits, fmt="keras-zip")
 
 
@@ -111,11 +111,11 @@ def _read_dir(path: Path, limits: "safety.Limits", closers: list) -> dict:
     def read(name: str) -> bytes:
         return _read_small_file(path / name, limits)
 
-    def open_member(name: str) -> h5py.File:
+    def open_member(name: str) -> tuple[h5py.File, tuple[str, int]]:
         member = path / name
         if safety.sniff(member, limits) is not safety.Container.HDF5:
             raise NotAModelError(f"{name} is not an HDF5 file")
-        return _open_h5(member, limits, closers)
+        return _open_h5(member, limits, closers), (str(member), 0)
 
     return _read_archive(names, read, open_member, limits, fmt="keras-dir")
 
@@ -130,7 +130,8 @@ def _read_small_file(path: Path, limits: "safety.Limits") -> bytes:
     return data
 
 
-def _read_archive(names: set[str], read: Callable[[str], bytes], open_member: Callable[[str], h5py.File],
+def _read_archive(names: set[str], read: Callable[[str], bytes],
+                  open_member: Callable[[str], tuple[h5py.File, tuple[str, int] | None]],
                   limits: "safety.Limits", fmt: str) -> dict:
     """Shared by the zip and the folder form of a Keras 3 model."""
     load_json = lambda data, what: safety.load_json(data, what, limits)  # noqa: E731
@@ -141,10 +142,10 @@ def _read_archive(names: set[str], read: Callable[[str], bytes], open_member: Ca
         if "config.json" in names else None
     tree = K3Tree()
     if "model.weights.h5" in names:
-        tree.add_file(open_member("model.weights.h5"))
+        tree.add_file(*open_member("model.weights.h5"))
     elif "model.weights.json" in names:
         for shard in _shard_names(load_json(read("model.weights.json"), "model.weights.json"), names):
-            tree.add_file(open_member(shard))
+            tree.add_file(*open_member(shard))
     else:
         raise CorruptModelError("no model.weights.h5 in the archive")
     keras_version = metadata.get("keras_version")
@@ -153,9 +154,10 @@ def _read_archive(names: set[str], read: Callable[[str], bytes], open_member: Ca
             "name": root.name if root else None, "class_name": root.class_name if root else None}
 
 
-def _zip_member_h5(raw: io.BufferedReader, zf: zipfile.ZipFile, name: str, limits: "safety.Limits",
-                   closers: list) -> h5py.File:
-    """Open an HDF5 member in place when it is stored uncompressed (as Keras writes it), else in memory."""
+def _zip_member_h5(path: Path, raw: io.BufferedReader, zf: zipfile.ZipFile, name: str,
+                   limits: "safety.Limits", closers: list) -> tuple[h5py.File, tuple[str, int] | None]:
+    """Open an HDF5 member in place when it is stored uncompressed (as Keras writes it), else in memory.
+    Returns the file and, when in place, (zip path, offset of the member's data)."""
     info = zf.getinfo(name)
     if info.compress_type == zipfile.ZIP_STORED:
         raw.seek(info.header_offset)
@@ -165,12 +167,13 @@ def _zip_member_h5(raw: io.BufferedReader, zf: zipfile.ZipFile, name: str, limit
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         start = info.header_offset + 30 + name_len + extra_len
         source: Any = _Window(raw, start, info.file_size)
+        base: tuple[str, int] | None = (str(path), start)
     else:
-        source = io.BytesIO(safety.read_member(zf, name, limits))
+        source, base = io.BytesIO(safety.read_member(zf, name, limits)), None
     if source.read(8) != b"\x89HDF\r\n\x1a\n":
         raise NotAModelError(f"{name} inside the archive is not an HDF5 file")
     source.seek(0)
-    return _open_h5(source, limits, closers)
+    return _open_h5(source, limits, closers), base
 
 
 class _Window(io.RawIOBase):
@@ -229,7 +232,7 @@ def _read_json_index(path: Path, limits: "safety.Limits", closers: list) -> dict
         member = folder / shard
         if safety.sniff(member, limits) is not safety.Container.HDF5:
             raise NotAModelError(f"shard {shard} is not an HDF5 file")
-        tree.add_file(_open_h5(member, limits, closers))
+        tree.add_file(_open_h5(member, limits, closers), (str(member), 0))
     return {"format": "keras-weights-sharded", "layers": read_tree(tree, None), "has_config": False}
 
 

@@ -3,6 +3,7 @@ flat weight list onto its config tree (or inferring the tree when a file has no 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import h5py
@@ -63,7 +64,25 @@ def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True) -> Weight:
+def raw_extent(ds: h5py.Dataset, base: tuple[str, int] | None) -> tuple[str, int] | None:
+    """(file, offset) of a dataset's bytes when they sit in the file exactly as NumPy lays them out."""
+    if base is None or ds.chunks is not None or ds.dtype.kind not in "fiub" or ds.dtype.byteorder == ">":
+        return None
+    if ds.dtype.byteorder == "=" and np.little_endian is False:
+        return None
+    try:
+        offset = ds.id.get_offset()
+        plain = ds.id.get_create_plist().get_nfilters() == 0 and ds.id.get_storage_size() == ds.nbytes
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if offset is None or not plain:
+        return None
+    return base[0], base[1] + int(offset)
+
+
+def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True,
+              base: tuple[str, int] | None = None) -> Weight:
+    """A lazy weight. `base` = (file path, offset of the HDF5 image in it) enables `extent`."""
     dtype = dataset_dtype(ds)
 
     def read(selection: Any = Ellipsis, _ds: h5py.Dataset = ds) -> np.ndarray:
@@ -77,7 +96,8 @@ def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True) -> Weight:
     short = strip_tf_suffix(name).rsplit("/", 1)[-1]
     return Weight(name=name, shape=tuple(int(d) for d in ds.shape), dtype=dtype,
                   trainable=trainable and short not in NON_TRAINABLE_NAMES,
-                  location=ds.name, _read=read)
+                  location=ds.name, _read=read,
+                  extent=raw_extent(ds, base) if dtype != "bfloat16" else None)
 
 
 # --- putting weights onto a config tree -------------------------------------------------------
@@ -106,7 +126,7 @@ def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = Tru
 
 
 def _frozen(w: Weight) -> Weight:
-    return Weight(w.name, w.shape, w.dtype, False, w.location, w._read)
+    return replace(w, trainable=False)
 
 
 def _match_child(spec: Spec, weight: Weight) -> int | None:

@@ -9,7 +9,7 @@ attribute that Keras 3.6+ writes on each `vars` group.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import h5py
@@ -40,13 +40,16 @@ class K3Tree:
     # HDF5 lists members by name; their object addresses follow creation order, which is the
     # order Keras saved them in. Used to order layers and cells when there is no config.
     created: dict[str, tuple[int, int]] = field(default_factory=dict)
+    bases: dict[str, tuple[str, int] | None] = field(default_factory=dict)
 
-    def add_file(self, f: h5py.File) -> None:
+    def add_file(self, f: h5py.File, base: tuple[str, int] | None = None) -> None:
+        """Add one weights file (or shard); `base` = (file path, offset of its HDF5 image)."""
         shard = len({k[0] for k in self.created.values()})
 
         def visit(name: str, obj: h5py.HLObject) -> None:
             if isinstance(obj, h5py.Dataset):
-                self.datasets.setdefault(name, obj)
+                if name not in self.datasets:
+                    self.datasets[name], self.bases[name] = obj, base
             else:
                 self.groups.add(name)
                 self.created.setdefault(name, (shard, h5py.h5g.get_objinfo(obj.id).objno[0]))
@@ -144,7 +147,7 @@ def _layer(tree: K3Tree, prefix: str, spec: Spec, label: str = "") -> Layer:
     else:
         own = _weights(tree, prefix, cls, label) + _extra_weights(tree, prefix)
     if not trainable:
-        own = [Weight(w.name, w.shape, w.dtype, False, w.location, w._read) for w in own]
+        own = [replace(w, trainable=False) for w in own]
     if cls == "BatchNormalization":
         own = _batchnorm(own, spec)
     name = spec.name
@@ -157,7 +160,7 @@ def _weights(tree: K3Tree, prefix: str, kind: str, label: str) -> list[Weight]:
     out = []
     for i, (path, ds) in enumerate(tree.vars(prefix.lstrip("/"))):
         short = names[i] if i < len(names) else f"vars/{i}"
-        out.append(h5_weight(f"{label}{short}", ds))
+        out.append(h5_weight(f"{label}{short}", ds, base=tree.bases.get(path)))
     return out
 
 
@@ -173,7 +176,7 @@ def _extra_weights(tree: K3Tree, prefix: str) -> list[Weight]:
         rel = path[len(start):]
         if any(part.startswith(_SKIP_PARTS) for part in rel.split("/")):
             continue
-        out.append(h5_weight(rel, tree.datasets[path]))
+        out.append(h5_weight(rel, tree.datasets[path], base=tree.bases.get(path)))
     return out
 
 
@@ -183,7 +186,7 @@ def _batchnorm(weights: list[Weight], spec: Spec) -> list[Weight]:
     names += ["moving_mean", "moving_variance"]
     if len(names) != len(weights):
         return weights
-    return [Weight(n, w.shape, w.dtype, w.trainable and not n.startswith("moving"), w.location, w._read)
+    return [replace(w, name=n, trainable=w.trainable and not n.startswith("moving"))
             for n, w in zip(names, weights)]
 
 

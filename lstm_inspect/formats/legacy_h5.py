@@ -6,6 +6,7 @@ Weights are found by following each layer's `weight_names` attribute, never by g
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import h5py
 
@@ -20,10 +21,12 @@ def is_legacy(f: h5py.File) -> bool:
             or "model_weights" in f or "nb_layers" in f.attrs)
 
 
-def read_legacy(f: h5py.File, load_json) -> dict:
-    """Return the fields of a Model (without file/close) read from a legacy HDF5 file."""
+def read_legacy(f: h5py.File, load_json, base: tuple[str, int] | None = None) -> dict:
+    """Return the fields of a Model (without file/close) read from a legacy HDF5 file.
+
+    `base` = (file path, offset of the HDF5 image in it) lets weights expose their raw extent."""
     if "nb_layers" in f.attrs and "layer_names" not in f.attrs:
-        return _read_positional(f)
+        return _read_positional(f, base)
     config_text = attr_str(f, "model_config")
     weights_root = f["model_weights"] if "model_weights" in f else f
     if not isinstance(weights_root, h5py.Group):
@@ -31,7 +34,7 @@ def read_legacy(f: h5py.File, load_json) -> dict:
     layer_names = attr_list(weights_root, "layer_names")
     if layer_names is None:
         raise UnsupportedDialectError("HDF5 file without layer_names: not a Keras model or weights file")
-    per_layer = {name: _layer_weights(weights_root, name) for name in layer_names}
+    per_layer = {name: _layer_weights(weights_root, name, base) for name in layer_names}
     keras_version = attr_str(f, "keras_version") or attr_str(weights_root, "keras_version")
     backend = attr_str(f, "backend") or attr_str(weights_root, "backend")
     fields: dict = {"keras_version": keras_version, "backend": backend}
@@ -44,7 +47,7 @@ def read_legacy(f: h5py.File, load_json) -> dict:
                 name=root.name, class_name=root.class_name)
 
 
-def _layer_weights(weights_root: h5py.Group, name: str) -> list[Weight]:
+def _layer_weights(weights_root: h5py.Group, name: str, base: tuple[str, int] | None) -> list[Weight]:
     group = weights_root.get(name)
     if not isinstance(group, h5py.Group):
         raise CorruptModelError(f"layer {name!r} is listed in layer_names but has no group")
@@ -54,7 +57,7 @@ def _layer_weights(weights_root: h5py.Group, name: str) -> list[Weight]:
         ds = group.get(weight_name)
         if not isinstance(ds, h5py.Dataset):
             raise CorruptModelError(f"weight {weight_name!r} of layer {name!r} is named but missing")
-        out.append(h5_weight(weight_name, ds))
+        out.append(h5_weight(weight_name, ds, base=base))
     return out
 
 
@@ -74,7 +77,7 @@ def _match_specs(root: Spec, per_layer: dict[str, list[Weight]]) -> tuple[Layer,
     return tuple(layers)
 
 
-def _read_positional(f: h5py.File) -> dict:
+def _read_positional(f: h5py.File, base: tuple[str, int] | None) -> dict:
     """Keras before 1.0: root attribute nb_layers, groups layer_k with datasets param_p."""
     count = int(f.attrs["nb_layers"])
     layers = []
@@ -88,7 +91,7 @@ def _read_positional(f: h5py.File) -> dict:
             ds = group.get(f"param_{p}")
             if not isinstance(ds, h5py.Dataset):
                 raise CorruptModelError(f"layer_{k}/param_{p} is missing")
-            weights.append(h5_weight(f"layer_{k}/param_{p}", ds))
+            weights.append(h5_weight(f"layer_{k}/param_{p}", ds, base=base))
         layers.append(infer_layer(f"layer_{k}", _name_positional(f"layer_{k}", weights)))
     return {"format": "hdf5-positional", "layers": tuple(layers), "has_config": False,
             "keras_version": None, "backend": None}
@@ -112,6 +115,6 @@ def _name_positional(layer: str, weights: list[Weight]) -> list[Weight]:
         w, u, b = (weights[i + j].shape for j in range(3))
         if not (len(w) == 2 and len(u) == 2 and u[0] == u[1] == w[1] and b == (u[0],)):
             return weights
-    return [Weight(f"{layer}_{n}", w.shape, w.dtype, w.trainable, w.location, w._read)
+    return [replace(w, name=f"{layer}_{n}")
             for n, w in zip(names, weights)]
 
