@@ -277,15 +277,15 @@ def test_keys_are_unique_when_names_sanitise_alike():
 
 # --- property: random sizes, both layouts --------------------------------------------------------
 
-def _write_keras3_weights(path: Path, kind: str, kernel, recurrent, bias) -> None:
+def _write_keras3_weights(path: Path, kind: str, kernel, recurrent, bias, **storage) -> None:
     with h5py.File(path, "w") as f:
         v = f.create_group(f"layers/{kind.lower()}/cell/vars")
         for i, a in enumerate((kernel, recurrent, bias)):
-            v.create_dataset(str(i), data=a)
+            v.create_dataset(str(i), data=a, **storage)
         f.create_group("vars")
 
 
-def _write_legacy(path: Path, kind: str, kernel, recurrent, bias) -> None:
+def _write_legacy(path: Path, kind: str, kernel, recurrent, bias, **storage) -> None:
     layer = kind.lower()
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = np.array([layer.encode()])
@@ -293,13 +293,16 @@ def _write_legacy(path: Path, kind: str, kernel, recurrent, bias) -> None:
         names = [f"{layer}/{layer}_cell/{n}:0" for n in ("kernel", "recurrent_kernel", "bias")]
         g.attrs["weight_names"] = np.array([n.encode() for n in names])
         for n, a in zip(names, (kernel, recurrent, bias)):
-            g.create_dataset(n, data=a)
+            g.create_dataset(n, data=a, **storage)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(["LSTM", "GRU", "GRU_reset_after"]), units=st.integers(1, 9),
-       input_dim=st.integers(1, 7), layout=st.sampled_from(["legacy", "keras3"]), seed=st.integers(0, 10**6))
-def test_property_random_sizes_split_to_slices(tmp_path_factory, kind, units, input_dim, layout, seed):
+       input_dim=st.integers(1, 7), layout=st.sampled_from(["legacy", "keras3"]), seed=st.integers(0, 10**6),
+       compressed=st.booleans())
+def test_property_random_sizes_split_to_slices(tmp_path_factory, kind, units, input_dim, layout, seed,
+                                               compressed):
+    """Both copy paths: raw bytes of contiguous datasets, and HDF5 reads of compressed ones."""
     tmp = tmp_path_factory.mktemp("prop")
     rng = np.random.default_rng(seed)
     n = 4 if kind == "LSTM" else 3
@@ -308,7 +311,9 @@ def test_property_random_sizes_split_to_slices(tmp_path_factory, kind, units, in
     bias = rng.standard_normal((2, n * units) if kind == "GRU_reset_after" else (n * units,)).astype(np.float32)
     base = kind.split("_")[0]
     path = tmp / ("m.h5" if layout == "legacy" else "m.weights.h5")
-    (_write_legacy if layout == "legacy" else _write_keras3_weights)(path, base, kernel, recurrent, bias)
+    storage = {"compression": "gzip"} if compressed else {}
+    (_write_legacy if layout == "legacy" else _write_keras3_weights)(path, base, kernel, recurrent, bias,
+                                                                     **storage)
     out = tmp / "out.npz"
     result = export.split_gates(path, out)
     with np.load(out, allow_pickle=False) as npz:
@@ -317,3 +322,19 @@ def test_property_random_sizes_split_to_slices(tmp_path_factory, kind, units, in
     for name, value in expected_blocks(base, [kernel, recurrent, bias], units).items():
         assert np.array_equal(blocks[name], value), name
     assert len(result.keys) == len(blocks)
+
+
+@pytest.mark.parametrize("target", [16 << 20, 200])
+def test_many_rows_and_small_chunks(tmp_path, monkeypatch, target):
+    """More rows than one pwritev takes (1024), and chunks of a few rows: still exact."""
+    from lstm_inspect import npzstream
+    monkeypatch.setattr(export, "row_chunks", lambda n, row, target=target: npzstream.row_chunks(n, row, target))
+    rng = np.random.default_rng(7)
+    kernel = rng.standard_normal((3001, 8)).astype(np.float32)
+    recurrent = rng.standard_normal((2, 8)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    path = tmp_path / "wide.h5"
+    _write_legacy(path, "LSTM", kernel, recurrent, bias)
+    blocks = split(path, tmp_path / "wide.npz")
+    for name, value in expected_blocks("LSTM", [kernel, recurrent, bias], 2).items():
+        assert np.array_equal(blocks[f"lstm/{name}"], value), name
