@@ -3,7 +3,6 @@ safe to load with allow_pickle=False, and cannot be escaped by hostile layer nam
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from ..configs import CELL_CLASSES, RNN_LAYER_CLASSES, Spec
+from ..configs import Spec
 from ..errors import CorruptModelError
 from ..model import Layer, Weight, strip_tf_suffix
 

@@ -5,7 +5,6 @@ Weights are found by following each layer's `weight_names` attribute, never by g
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import h5py
