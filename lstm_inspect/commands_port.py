@@ -9,7 +9,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 
@@ -34,7 +34,7 @@ def verify(
                                     help="Only directions whose path matches this glob (repeatable)."),
     steps: int = typer.Option(7, "--steps", help="Time steps of the random input.", min=1, max=10_000),
     batch: int = typer.Option(3, "--batch", help="Batch size of the random input.", min=1, max=10_000),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random input."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random input.", min=0),
     tolerance: float = typer.Option(1e-5, "--tolerance", help="Largest allowed absolute difference.", min=0.0),
     fmt: VerifyFormat = typer.Option(VerifyFormat.TABLE, "--format", "-f", help="table (default) or json.",
                                      case_sensitive=False),

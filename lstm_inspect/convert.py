@@ -19,13 +19,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
 from . import reference as ref
 from .errors import MissingExtraError, UsageError
+from .export import current_umask
 
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # readable by every onnxruntime since 1.10
@@ -175,6 +176,13 @@ def _keras_output(m: Mapping[str, Any], units: int, var: str, seq_axis: int = 1)
             "none": f"[{fwd}, {bwd}]"}.get(mode, f"merge_mode {mode}: from {fwd} and {bwd}")
 
 
+def _side_note(m: Mapping[str, Any]) -> list[str]:
+    if not m.get("inside_bidirectional"):
+        return []
+    return [f"{m['path']} is one side of a Bidirectional layer, converted alone; the Bidirectional layer "
+            f"reverses the backward side's output sequence back before merging"]
+
+
 def _keras_facts(m: Mapping[str, Any]) -> dict[str, Any]:
     f = m["directions"][0]
     facts = {"paths": [d["path"] for d in m["directions"]], "class": f["class"], "kind": f["kind"],
@@ -225,6 +233,7 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
             notes.append("bias_ih holds the Keras bias and bias_hh zeros (PyTorch adds them)")
         if f.get("stateful"):
             notes.append("stateful in Keras: carry (h, c) between calls yourself")
+        notes.extend(_side_note(m))
         if dtype == np.float32 and f["dtype"] not in ("float32",):
             notes.append(f"weights stored as {f['dtype']} in the file, written as float32")
         described[prefix] = {
@@ -251,7 +260,7 @@ def write_pytorch(data: Mapping[str, Any], out: str | os.PathLike, force: bool) 
         save_file(tensors, tmp, metadata={"format": "pt", "lstm_inspect": json.dumps(meta, sort_keys=True)})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
     lines = [f"wrote {len(tensors)} tensors of {len(meta['modules'])} module(s) to {out}"]
     for prefix, m in meta["modules"].items():
         args = ", ".join(f"{k}={v!r}" for k, v in m["kwargs"].items())
@@ -280,7 +289,7 @@ def onnx_activation(name: str | None, flavor: str, where: str) -> tuple[str, flo
                      f"ScaledTanh, HardSigmoid, Elu, Softsign, Softplus)")
 
 
-def _onnx_weights(f: Mapping[str, Any], reset_after: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _onnx_weights(f: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     kind = f["kind"]
     gates = ref.ONNX_GATES[kind]
     blocks = f["blocks"]
@@ -321,7 +330,7 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
             alphas.append(alpha)
         if beta is not None:
             betas.append(beta)
-    W, R, B = zip(*(_onnx_weights(d, bool(f.get("reset_after"))) for d in m["directions"]))
+    W, R, B = zip(*(_onnx_weights(d) for d in m["directions"]))
     H, I = f["units"], f["input_dim"]
     inits = [numpy_helper.from_array(np.stack(W).astype(np.float32), "W"),
              numpy_helper.from_array(np.stack(R).astype(np.float32), "R")]
@@ -362,6 +371,7 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
              "concatenated layout; keras_output says how to get the Keras layer's output from it"]
     if reverse:
         notes.append("go_backwards=True: the graph reverses X in time; Y is in Keras's (processing) order")
+    notes.extend(_side_note(m))
     if "HardSigmoid" in acts:
         notes.append(f"hard_sigmoid as {ref.HARD_SIGMOID[flavor]}: HardSigmoid(alpha="
                      f"{0.2 if flavor == 'keras2' else 1 / 6:.6g}, beta=0.5)")
@@ -444,7 +454,7 @@ class atomic_folder:
             return False
         target = self.target
         try:
-            os.chmod(self.tmp, 0o777 & ~_umask())
+            os.chmod(self.tmp, 0o777 & ~current_umask())
             if target.exists():
                 old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
                 os.rmdir(old)
@@ -462,8 +472,3 @@ class atomic_folder:
             raise
         return False
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -128,6 +128,7 @@ def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[str]:
         raise UsageError(f"output folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; give the output the usual mode
     try:
         yield tmp
         os.replace(tmp, target)
@@ -251,6 +252,12 @@ def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
         if got <= 0:
             raise CorruptModelError(f"weight {name} ends early: the file is truncated")
         view, position = view[got:], position + got
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),

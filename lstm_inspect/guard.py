@@ -513,7 +513,9 @@ def _add_array(arr: np.ndarray, arrays: list[np.ndarray], memo: dict[int, int]) 
 def _send(fd: int, doc: dict, arrays: list[np.ndarray]) -> None:  # pragma: no cover - child
     """Magic, one JSON frame, each array as .npy bytes in chunk frames, then a done frame."""
     try:
-        body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # ASCII with \u escapes: a name read from a file may hold lone surrogates (h5py decodes
+        # undecodable bytes with surrogateescape), which strict UTF-8 cannot encode.
+        body = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     except (ValueError, TypeError, RecursionError) as exc:
         body = json.dumps({"ok": False, "error": _describe_exception(exc)}).encode("utf-8")
         arrays = []

@@ -171,7 +171,7 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
     rec = activation(spec.get("recurrent_activation") or "sigmoid", hard_sigmoid) \
         if kind != "SimpleRNN" else None
     x = np.asarray(x, dtype=np.float64)
-    channels_first = kind == "ConvLSTM" and spec.get("conv", {}).get("data_format") == "channels_first"
+    channels_first = kind == "ConvLSTM" and (spec.get("conv") or {}).get("data_format") == "channels_first"
     if channels_first:  # (B, T, C, *s) -> (B, T, *s, C); outputs moved back at the end
         x = np.moveaxis(x, 2, -1)
     steps = range(x.shape[1] - 1, -1, -1) if spec.get("go_backwards") else range(x.shape[1])

@@ -258,7 +258,8 @@ class _H5Walk:
 
     def __init__(self, f: "h5py.File", limits: Limits) -> None:
         self.f, self.limits = f, limits
-        self.label = _label_of(f.filename)
+        # A file object's "filename" is its repr; the caller names the model file instead.
+        self.label = None if f.driver == "fileobj" else _label_of(f.filename)
         self.count = 0
 
     def fail(self, cls: type, message: str) -> Exception:

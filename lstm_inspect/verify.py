@@ -19,7 +19,7 @@ import importlib.util
 import os
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -188,9 +188,6 @@ def _conv_config(config: Mapping, ancestors, rank: int, notes: list[str]) -> dic
         conv[k] = defaults[k]
     if missing:
         notes.append(f"no config for {', '.join(missing)}: assumed the Keras defaults")
-    if isinstance(conv["strides"], list):
-        conv["strides"] = [int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                           for v in conv["strides"]]
     return conv
 
 
@@ -423,7 +420,7 @@ def require_tensorflow() -> None:
     """Exit 2 early (before reading) when neither Keras 3 nor tf_keras can be imported."""
     if not (_Keras("keras").available() or _Keras("tf_keras").available()):
         raise MissingExtraError(MISSING_TF)
-    if importlib.util.find_spec("tensorflow") is None and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and not _Keras("tensorflow").available():
         raise MissingExtraError(MISSING_TF)
 
 
@@ -503,6 +500,8 @@ def _check_one(f: Mapping[str, Any], impls: dict[str, _Keras], flavor: str, step
         row["reason"] = "PeepholeLSTMCell has peephole weights the reference does not model"
         return row
     try:
+        if f["kind"] == "ConvLSTM" and f["conv"].get("data_format") not in ("channels_last", "channels_first"):
+            raise ref.ReferenceUnsupported(f"data_format {f['conv'].get('data_format')!r} is not supported")
         shape = input_shape(f, batch, steps)
     except ref.ReferenceUnsupported as exc:
         row["reason"] = str(exc)
@@ -526,6 +525,9 @@ def _check_one(f: Mapping[str, Any], impls: dict[str, _Keras], flavor: str, step
         layer = impl.build(f, flavor)
     except ref.ReferenceUnsupported as exc:
         row["reason"] = str(exc)
+        return row
+    except Exception as exc:  # noqa: BLE001 - Keras's own refusal, reported for this direction only
+        row["reason"] = f"Keras could not build the layer: {type(exc).__name__}: {_one_line(exc)}"
         return row
     row["built_as"] = type(layer).__name__ + (f"(reset_after={bool(f['reset_after'])})" if f["kind"] == "GRU" else "")
     if f.get("stateful"):
@@ -595,14 +597,14 @@ def render_table(report: Mapping[str, Any], console) -> None:
     if used:
         console.print(f"Keras side: {', '.join(used)}", markup=False, highlight=False)
     shapes = sorted({tuple(r["input_shape"]) for r in report["directions"] if r.get("input_shape")})
-    console.print(f"input: seeded normal (seed {report['seed']}), shape "
-                  f"{', '.join(str(s) for s in shapes) or '-'}; both sides compute in float64 (the "
-                  f"file's weights are exact in it); tolerance {report['tolerance']:g}",
-                  markup=False, highlight=False)
-    console.print("keras − numpy: Keras with the split blocks fused back vs the NumPy cell built from the "
-                  "blocks; file − numpy: Keras with the file's own tensors (loaded as tf_keras loads them) "
-                  "vs the same NumPy cell. Outputs of every step and final states compared.",
-                  markup=False, highlight=False)
+    lines = [
+        f"input {', '.join(str(s) for s in shapes) or '-'}, seeded normal (seed {report['seed']}); every step's "
+        f"output and the final states compared in float64; tolerance {report['tolerance']:g}",
+        "keras − numpy: Keras given the split blocks fused back, against the NumPy cell built from the blocks",
+        "file − numpy:  Keras given the file's own tensors (as tf_keras loads them), against the same NumPy cell",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
     if any(r.get("hard_sigmoid") for r in report["directions"]):
         console.print(f"hard_sigmoid: {report['hard_sigmoid']}, the definition of the producing version",
                       markup=False, highlight=False)
