@@ -9,6 +9,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -168,12 +169,29 @@ def _zip_member_h5(path: Path, raw: io.BufferedReader, zf: zipfile.ZipFile, name
         start = info.header_offset + 30 + name_len + extra_len
         source: Any = _Window(raw, start, info.file_size)
         base: tuple[str, int] | None = (str(path), start)
+        _check_crc(source, info, name)
     else:
         source, base = io.BytesIO(safety.read_member(zf, name, limits)), None
     if source.read(8) != b"\x89HDF\r\n\x1a\n":
         raise NotAModelError(f"{name} inside the archive is not an HDF5 file")
     source.seek(0)
     return _open_h5(source, limits, closers), base
+
+
+_CRC_CHECK_LIMIT = 256 << 20  # bytes: checking costs ~1 s per GB here, so huge members are not checked
+
+
+def _check_crc(source: "_Window", info: zipfile.ZipInfo, name: str) -> None:
+    """A damaged member is refused at once: libhdf5 can hang on a few changed bytes (zipfile would
+    check the CRC when reading the whole member; reading in place must do it itself)."""
+    if info.file_size > _CRC_CHECK_LIMIT:
+        return
+    crc = 0
+    for chunk in iter(lambda: source.read(1 << 20), b""):
+        crc = zlib.crc32(chunk, crc)
+    source.seek(0)
+    if crc != info.CRC:
+        raise CorruptModelError(f"{name} inside the archive is damaged (its CRC-32 does not match)")
 
 
 class _Window(io.RawIOBase):
