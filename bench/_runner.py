@@ -31,6 +31,12 @@ RSS_NOTE = ("peak RSS via /usr/bin/time %M (max single process incl. reaped chil
 
 
 def lstm_inspect_cmd() -> list[str]:
+    """The console script, with the package's bytecode compiled first.
+
+    `pip install .` compiles .pyc files; an editable install under PYTHONDONTWRITEBYTECODE=1 (set on
+    these machines) would recompile every module on every run (~0.1 s), which no user pays."""
+    import lstm_inspect
+    subprocess.run([PY, "-m", "compileall", "-q", os.path.dirname(lstm_inspect.__file__)], check=False)
     exe = shutil.which("lstm-inspect")
     return [exe] if exe else [PY, "-m", "lstm_inspect"]
 

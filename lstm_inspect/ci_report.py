@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from enum import Enum
 from typing import Any, Iterable
 
 from typing import TYPE_CHECKING
@@ -17,20 +16,8 @@ if TYPE_CHECKING:  # rich is imported where a table is drawn, keeping start-up l
     from rich.table import Table
 
 from .cells import GATE_MEANING
+from .render import CheckFormat, DiffFormat  # noqa: F401  (re-exported: the formats live with the CLI's)
 from .lockfile import CheckReport, DiffReport, Finding
-
-
-class CheckFormat(str, Enum):
-    TEXT = "text"
-    JSON = "json"
-    JUNIT = "junit"
-    GITHUB = "github"
-
-
-class DiffFormat(str, Enum):
-    TABLE = "table"
-    JSON = "json"
-    MARKDOWN = "markdown"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

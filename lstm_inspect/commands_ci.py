@@ -13,8 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from . import ci_report, expect, lockfile
-from .ci_report import CheckFormat, DiffFormat
+from .render import CheckFormat, DiffFormat
 from .cli import _handle_errors, app, guarded, stderr_console, stdout_console
 from .errors import UsageError
 
@@ -37,6 +36,7 @@ def _timeout(*paths: Path) -> float:
 
 
 def _parse_limit(text: str) -> int:
+    from . import expect  # imported on use: keeps start-up light
     value = expect.parse_number(text)
     if value is None or value < 0 or value != int(value):
         raise UsageError(f"--max-params must be a whole number of parameters (e.g. 2000000, 2e6, 2M), not {text!r}")
@@ -51,6 +51,7 @@ def snapshot(
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
 ) -> None:
     """Write a lock file of the architecture: layers, weight shapes/dtypes/checksums, recurrent directions."""
+    from . import lockfile  # imported on use: keeps start-up light
     from .export import atomic_output
     with _handle_errors():
         if str(output) == "-":
@@ -91,6 +92,7 @@ def check(
                                     help="text (default), json, junit or github."),
 ) -> None:
     """Check a model against a lock file and/or assertions. Exit 0 all hold, 1 a check failed, 2 bad input."""
+    from . import ci_report, expect, lockfile  # imported on use: keeps start-up light
     with _handle_errors():
         if against is None and not expect_ and max_params is None and not finite:
             raise UsageError("nothing to check: give --against, --expect, --max-params or --finite")
@@ -133,6 +135,7 @@ def diff(
 
     Exit 0 when the structure is identical (weight values may differ), 1 when it differs, 2 bad input.
     """
+    from . import ci_report, lockfile  # imported on use: keeps start-up light
     with _handle_errors():
         data = guarded(lockfile.diff_data, str(a), str(b), label=f"{a}, {b}", timeout=_timeout(a, b))
         comparison = lockfile.compare(data["a"], data["b"], semantic=True)

@@ -18,6 +18,16 @@ class OutputFormat(str, Enum):
     MARKDOWN = "markdown"
 
 
+DiffFormat = OutputFormat
+
+
+class CheckFormat(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+    GITHUB = "github"
+
+
 def fmt_int(n: int) -> str:
     return f"{n:,}"
 
