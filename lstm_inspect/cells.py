@@ -273,8 +273,22 @@ def _roles(weights: Sequence[Weight]) -> tuple[Weight, Weight, Weight | None]:
                             f"{', '.join(w.name for w in weights) or 'no weights'}")
 
 
+def _check_numeric(weights: Sequence[Weight | None], path: str) -> None:
+    for w in weights:
+        if w is not None and w.dtype != "bfloat16" and _kind(w.dtype) not in "fiu":
+            raise CorruptModelError(f"{path}: weight {w.name} has dtype {w.dtype}, not a number type")
+
+
+def _kind(dtype: str) -> str:
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:  # names NumPy does not parse back (bytes24, ...) are not numbers either
+        return "?"
+
+
 def _fused_blocks(layer: Layer, kind: CellKind, path: str):
     kernel, recurrent, bias = _roles(layer.weights)
+    _check_numeric((kernel, recurrent, bias), path)
     n = max(1, len(GATES[kind]))
     rk = recurrent.shape
     if len(rk) < 2 or len(kernel.shape) != len(rk):
@@ -355,6 +369,7 @@ def _keras1_arrays(weights: Sequence[Weight], kind: CellKind) -> dict[str, Weigh
 
 
 def _keras1_blocks(arrays: dict[str, Weight], kind: CellKind, path: str):
+    _check_numeric(list(arrays.values()), path)
     gates = GATES[kind] or ("",)
     first = arrays[f"W_{gates[0]}" if gates[0] else "W"]
     if len(first.shape) != 2:

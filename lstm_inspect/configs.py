@@ -32,6 +32,7 @@ class Spec:
     role: str = ""
     input_shape: tuple[int | None, ...] | None = field(default=None, compare=False)
     inbound: tuple[str, int] | None = None  # functional graph: (source layer, tensor index)
+    registered_name: str | None = None  # Keras 3: a custom (user-registered) class, e.g. "Custom>MyGate"
 
 
 _BOOL_KEYS = ("trainable", "return_sequences", "return_state", "stateful", "go_backwards", "use_bias",
@@ -120,12 +121,12 @@ def _spec(entry: Mapping, class_name: str, config: Any, role: str, where: str,
             children = _without_input_layer(children)
         cfg = config if isinstance(config, Mapping) else {"layers": config}
         return Spec(name, class_name, cfg, tuple(children), role, _input_shape(entry, cfg),
-                    _inbound(entry))
+                    _inbound(entry), _registered_name(entry))
     if not isinstance(config, Mapping):
         raise CorruptModelError(f"{where}: layer {name} has a config that is not an object")
     validate_layer_config(config, f"layer {name}")
     return Spec(name, class_name, config, tuple(_wrapped(class_name, config, name, where)), role,
-                _input_shape(entry, config), _inbound(entry))
+                _input_shape(entry, config), _inbound(entry), _registered_name(entry))
 
 
 def _without_input_layer(children: list[Spec]) -> list[Spec]:
@@ -189,6 +190,17 @@ def _wrapped(class_name: str, config: Mapping, name: str, where: str) -> list[Sp
     return []
 
 
+def _registered_name(entry: Mapping) -> str | None:
+    """Keras 3 marks user classes on the layer entry: a registered name, or a module outside Keras."""
+    name = entry.get("registered_name") if isinstance(entry, Mapping) else None
+    module = entry.get("module") if isinstance(entry, Mapping) else None
+    if isinstance(name, str) and name and name != entry.get("class_name"):
+        return name
+    if isinstance(module, str) and module and not module.startswith(("keras", "tf_keras", "tensorflow")):
+        return f"{module}.{entry.get('class_name')}"
+    return None
+
+
 def _first_node_arg(entry: Mapping) -> Any:
     nodes = entry.get("inbound_nodes") if isinstance(entry, Mapping) else None
     if not isinstance(nodes, list) or not nodes:
@@ -207,8 +219,8 @@ def _inbound(entry: Mapping) -> tuple[str, int] | None:
     """Which layer's output feeds this one (first input), from the functional graph."""
     arg = _first_node_arg(entry)
     if isinstance(arg, Mapping):
-        history = (arg.get("config") or {}).get("keras_history")
-        arg = history
+        config = arg.get("config")
+        arg = config.get("keras_history") if isinstance(config, Mapping) else None
     if isinstance(arg, list) and len(arg) >= 3 and isinstance(arg[0], str) and isinstance(arg[2], int):
         return arg[0], arg[2]
     return None
@@ -217,7 +229,8 @@ def _inbound(entry: Mapping) -> tuple[str, int] | None:
 def _tensor_shape(entry: Mapping) -> Any:
     arg = _first_node_arg(entry)
     if isinstance(arg, Mapping) and arg.get("class_name") == "__keras_tensor__":
-        return (arg.get("config") or {}).get("shape")
+        config = arg.get("config")
+        return config.get("shape") if isinstance(config, Mapping) else None
     return None
 
 

@@ -69,6 +69,7 @@ class Layer:
     inferred: bool = False  # class guessed from weight names/shapes (weights-only files)
     input_shape: tuple[int | None, ...] | None = None  # batch input shape, when the config states it
     inbound: tuple[str, int] | None = None  # functional graph: (source layer name, tensor index)
+    registered_name: str | None = None  # a custom class the config names (never loaded)
 
     def all_weights(self) -> Iterator[Weight]:
         yield from self.weights

@@ -54,9 +54,9 @@ def fmt_bytes(n: int) -> str:
 def header_line(s: dict) -> str:
     parts = [s["format"]]
     if s.get("keras_version"):
-        parts.append(f"Keras {s['keras_version']}")
+        parts.append(f"Keras {printable(s['keras_version'], 80)}")
     if s.get("backend"):
-        parts.append(f"backend {s['backend']}")
+        parts.append(f"backend {printable(s['backend'], 80)}")
     if s.get("model_class"):
         parts.append(printable(f"{s['model_class']} {s.get('model_name') or ''}".strip()))
     if not s.get("has_config"):
@@ -141,6 +141,8 @@ def render_table(summaries: list[dict], console: "Console") -> None:
         console.print(table)
         for line in totals_lines(s):
             console.print(escape(line))
+        for note in s.get("notes", []):
+            console.print("note: " + escape(printable(note)))
         for d in s["recurrent"]:
             console.print()
             console.print(Text(direction_title(d), style="bold"))
@@ -155,7 +157,7 @@ def render_table(summaries: list[dict], console: "Console") -> None:
             for fact in direction_facts(d):
                 console.print("  " + escape(fact))
             for note in d["notes"]:
-                console.print("  note: " + escape(note))
+                console.print("  note: " + escape(printable(note)))
 
 
 # --- markdown ----------------------------------------------------------------------------------
@@ -177,13 +179,15 @@ def render_markdown(summaries: list[dict]) -> str:
         out += [f"## `{printable(s['file'])}`", "", header_line(s), ""]
         out += _md_table(["Layer", "Class", "Weights", "Params"],
                          ([f"`{r[0].strip()}`", r[1], r[2], r[3]] for r in _layer_rows(s["layers"])), {3})
-        out += [""] + [f"- {line}" for line in totals_lines(s)] + [""]
+        out += [""] + [f"- {line}" for line in totals_lines(s)]
+        out += [f"- note: {_md_cell(printable(n))}" for n in s.get("notes", [])] + [""]
         for d in s["recurrent"]:
             out += [f"### {direction_title(d)}", ""]
             cols = ["Gate", "W", "U", "b"] + (["bU"] if any(k.startswith("bU") for k in d["blocks"]) else []) \
                 + ["Params"]
             out += _md_table(cols, _gate_rows(d), {len(cols) - 1})
-            out += [""] + [f"- {f}" for f in direction_facts(d)] + [f"- note: {n}" for n in d["notes"]] + [""]
+            out += [""] + [f"- {f}" for f in direction_facts(d)]
+            out += [f"- note: {_md_cell(printable(n))}" for n in d["notes"]] + [""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -46,11 +46,11 @@ def code_notes(layers, prefix: str = "") -> list[str]:
     for layer in layers:
         where = f"{prefix}{layer.name}"
         config = layer.config or {}
+        custom = layer.registered_name or config.get("registered_name")
         if layer.class_name in _CODE_CLASSES or "function" in config:
             notes.append(f"layer {where} ({layer.class_name}) contains serialized Python code: not executed")
-        elif isinstance(config.get("registered_name"), str) and "." not in layer.class_name and \
-                config.get("registered_name") not in (None, layer.class_name):
-            notes.append(f"layer {where} uses the custom class {config['registered_name']}: not loaded")
+        elif isinstance(custom, str) and custom not in ("", layer.class_name):
+            notes.append(f"layer {where} uses the custom class {custom}: not loaded")
         notes += code_notes(layer.children, f"{where}/")
     return notes
 

@@ -227,17 +227,16 @@ class _Window(io.RawIOBase):
 def _shard_names(index: Any, names: set[str]) -> list[str]:
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CorruptModelError("sharded weights index has no weight_map")
-    shards: list[str] = []
+    shards: dict[str, None] = {}  # ordered and de-duplicated in linear time
     for value in index["weight_map"].values():
         for shard in value if isinstance(value, list) else [value]:
             if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith("."):
-                raise UnsafeModelError(f"sharded weights index names a bad file: {shard!r}")
-            if shard not in shards:
-                shards.append(shard)
+                raise UnsafeModelError(f"sharded weights index names a bad file: {repr(shard)[:60]}")
+            shards[shard] = None
     missing = [s for s in shards if s not in names]
     if missing:
         raise CorruptModelError(f"shard {missing[0]} named by the index is missing")
-    return shards
+    return list(shards)
 
 
 def _read_json_index(path: Path, limits: "safety.Limits", closers: list) -> dict:

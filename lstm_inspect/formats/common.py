@@ -108,7 +108,8 @@ def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = Tru
     weights = [w if trainable else _frozen(w) for w in weights]
     if not spec.children:
         return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(weights), (), spec.role,
-                     input_shape=spec.input_shape, inbound=spec.inbound)
+                     input_shape=spec.input_shape, inbound=spec.inbound,
+                 registered_name=spec.registered_name)
     buckets: dict[int, list[Weight]] = {i: [] for i in range(len(spec.children))}
     unmatched: list[Weight] = []
     for w in weights:
@@ -122,7 +123,8 @@ def layer_from_spec(spec: Spec, weights: Sequence[Weight], trainable: bool = Tru
             unmatched = []
     children = tuple(layer_from_spec(c, buckets[i], trainable) for i, c in enumerate(spec.children))
     return Layer(spec.name, spec.class_name, spec.config, trainable, tuple(unmatched), children, spec.role,
-                 input_shape=spec.input_shape, inbound=spec.inbound)
+                 input_shape=spec.input_shape, inbound=spec.inbound,
+                 registered_name=spec.registered_name)
 
 
 def _frozen(w: Weight) -> Weight:

@@ -152,7 +152,8 @@ def _layer(tree: K3Tree, prefix: str, spec: Spec, label: str = "") -> Layer:
         own = _batchnorm(own, spec)
     name = spec.name
     return Layer(name, cls, spec.config, trainable, tuple(own), tuple(children), spec.role,
-                 input_shape=spec.input_shape, inbound=spec.inbound)
+                 input_shape=spec.input_shape, inbound=spec.inbound,
+                 registered_name=spec.registered_name)
 
 
 def _weights(tree: K3Tree, prefix: str, kind: str, label: str) -> list[Weight]:

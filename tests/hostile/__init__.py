@@ -1,0 +1,1 @@
+"""End-to-end tests of lstm-inspect on broken and hostile files, through the real CLI (issue 6)."""
