@@ -91,13 +91,17 @@ def guarded(fn, *args, label: str, **kwargs):
 FORMAT_HELP = "Output format: table (default), json or markdown."
 
 
-def _copy_timeout(model: Path) -> float:
-    """Parsing gets the guard's default timeout; copying every weight also gets 1 s per 20 MB."""
+def scaled_timeout(*paths: Path) -> float:
+    """The guard's time limit for commands that read every weight byte (copy, hash, scan): the
+    default (LSTM_INSPECT_TIMEOUT, else 30 s) plus 1 s per 20 MB of input."""
     from .guard import default_timeout
-    try:
-        size = model.stat().st_size if model.is_file() else 0
-    except OSError:
-        size = 0
+    size = 0
+    for p in paths:
+        try:
+            files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
+            size += sum(f.stat().st_size for f in files)
+        except OSError:
+            pass
     return default_timeout() + size / 20e6
 
 
@@ -147,7 +151,7 @@ def split_gates(
         with atomic_output(output, force) as tmp:
             result = guarded(api.split_gates, str(model), str(output), tuple(layer), force=True,
                              tmp_path=tmp, progress=sys.stderr.isatty(), label=str(model),
-                             output_path=tmp, timeout=_copy_timeout(model))
+                             output_path=tmp, timeout=scaled_timeout(model))
         stderr_console().print(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
                                f"recurrent direction(s) to {output}", markup=False)
 

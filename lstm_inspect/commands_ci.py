@@ -14,26 +14,8 @@ from typing import List, Optional
 import typer
 
 from .render import CheckFormat, DiffFormat
-from .cli import _handle_errors, app, guarded, stderr_console, stdout_console
+from .cli import _handle_errors, app, guarded, scaled_timeout, stderr_console, stdout_console
 from .errors import UsageError
-
-# The guarded child's time limit grows with the file: hashing or scanning reads every byte.
-_BASE_TIMEOUT = 60.0
-_BYTES_PER_SECOND = 20 << 20
-
-
-def _timeout(*paths: Path) -> float:
-    size = 0
-    for p in paths:
-        try:
-            if p.is_dir():
-                size += sum(f.stat().st_size for f in p.iterdir() if f.is_file())
-            else:
-                size += p.stat().st_size
-        except OSError:
-            pass
-    return _BASE_TIMEOUT + size / _BYTES_PER_SECOND
-
 
 def _parse_limit(text: str) -> int:
     from . import expect  # imported on use: keeps start-up light
@@ -56,12 +38,12 @@ def snapshot(
     with _handle_errors():
         if str(output) == "-":
             data = guarded(lockfile.snapshot_data, str(model), with_checksums=True, label=str(model),
-                           timeout=_timeout(model))
+                           timeout=scaled_timeout(model))
             sys.stdout.write(lockfile.dumps(data))
             return
         with atomic_output(output, force) as tmp:
             data = guarded(lockfile.snapshot_data, str(model), with_checksums=True, label=str(model),
-                           timeout=_timeout(model))
+                           timeout=scaled_timeout(model))
             with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(lockfile.dumps(data))
                 fh.flush()
@@ -102,7 +84,7 @@ def check(
         limit = _parse_limit(max_params) if max_params is not None else None
         lock = lockfile.load_lock(against) if against is not None else None
         data = guarded(lockfile.snapshot_data, str(model), with_checksums=weights, finite=finite,
-                       label=str(model), timeout=_timeout(model))
+                       label=str(model), timeout=scaled_timeout(model))
         checks = []
         if lock is not None:
             checks.extend(lockfile.compare(lock, data, weights=weights).checks)
@@ -137,7 +119,7 @@ def diff(
     """
     from . import ci_report, lockfile  # imported on use: keeps start-up light
     with _handle_errors():
-        data = guarded(lockfile.diff_data, str(a), str(b), label=f"{a}, {b}", timeout=_timeout(a, b))
+        data = guarded(lockfile.diff_data, str(a), str(b), label=f"{a}, {b}", timeout=scaled_timeout(a, b))
         comparison = lockfile.compare(data["a"], data["b"], semantic=True)
         result = lockfile.DiffReport(str(a), str(b), data["a"]["source"]["format"], data["b"]["source"]["format"],
                                      comparison, tuple(data["changes"]))

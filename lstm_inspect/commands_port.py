@@ -13,7 +13,7 @@ from typing import List
 
 import typer
 
-from .cli import _handle_errors, app, guarded, stderr_console, stdout_console
+from .cli import _handle_errors, app, guarded, scaled_timeout, stderr_console, stdout_console
 from .errors import UsageError
 
 
@@ -49,7 +49,8 @@ def verify(
     with _handle_errors():
         verify_mod.require_tensorflow()
         # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
-        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model))
+        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                       timeout=scaled_timeout(model))
         report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
     if fmt is VerifyFormat.JSON:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -89,7 +90,8 @@ def convert(
         convert_mod.require(to.value)
         if output.exists() and not force:
             raise UsageError(f"{output} already exists (use --force to replace it)")
-        data = guarded(verify_mod.collect, str(model), tuple(layer), False, label=str(model))
+        data = guarded(verify_mod.collect, str(model), tuple(layer), False, label=str(model),
+                       timeout=scaled_timeout(model))
         if to is Target.PYTORCH:
             result = convert_mod.write_pytorch(data, output, force)
         else:

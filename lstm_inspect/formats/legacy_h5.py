@@ -40,7 +40,11 @@ def read_legacy(f: h5py.File, load_json, base: tuple[str, int] | None = None) ->
     if config_text is None:
         layers = tuple(infer_layer(name, ws) for name, ws in per_layer.items())
         return dict(fields, format="hdf5-weights", layers=layers, has_config=False)
-    root = parse_model_config(load_json(config_text.encode("utf-8"), "model_config"))
+    try:
+        config_bytes = config_text.encode("utf-8")
+    except UnicodeEncodeError as err:  # undecodable bytes, kept by h5py as surrogates
+        raise CorruptModelError("model_config is not valid UTF-8 text") from err
+    root = parse_model_config(load_json(config_bytes, "model_config"))
     layers = _match_specs(root, per_layer)
     return dict(fields, format="hdf5-legacy", layers=layers, has_config=True,
                 name=root.name, class_name=root.class_name)
