@@ -141,15 +141,21 @@ def _dtype(m: Mapping[str, Any], allow64: bool) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _kernels_wx(f: Mapping[str, Any], gates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Input and recurrent kernels fused in the target's gate order, in the `W x` layout."""
+    w, u = _cat(f["blocks"], "W", gates), _cat(f["blocks"], "U", gates)
+    if w is None or u is None:
+        raise UsageError(f"{f['path']}: the split lacks a W or U block")
+    return w.T, u.T
+
+
 def torch_tensors(f: Mapping[str, Any], prefix: str, suffix: str, dtype) -> dict[str, np.ndarray]:
     """state_dict entries of one direction, in PyTorch gate order and layout (W x)."""
     kind = f["kind"]
     gates = ref.TORCH_GATES[kind]
     blocks = f["blocks"]
-    w, u = _cat(blocks, "W", gates), _cat(blocks, "U", gates)
-    if w is None or u is None:
-        raise UsageError(f"{f['path']}: the split lacks a W or U block")
-    out = {f"{prefix}.weight_ih_l0{suffix}": w.T, f"{prefix}.weight_hh_l0{suffix}": u.T}
+    w, u = _kernels_wx(f, gates)
+    out = {f"{prefix}.weight_ih_l0{suffix}": w, f"{prefix}.weight_hh_l0{suffix}": u}
     if f["use_bias"]:
         b = _cat(blocks, "b", gates)
         bu = _cat(blocks, "bU", gates)
@@ -293,16 +299,14 @@ def _onnx_weights(f: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     kind = f["kind"]
     gates = ref.ONNX_GATES[kind]
     blocks = f["blocks"]
-    w, u = _cat(blocks, "W", gates), _cat(blocks, "U", gates)
-    if w is None or u is None:
-        raise UsageError(f"{f['path']}: the split lacks a W or U block")
+    w, u = _kernels_wx(f, gates)
     if not f["use_bias"]:
-        return w.T, u.T, None
+        return w, u, None
     b = _cat(blocks, "b", gates)
     bu = _cat(blocks, "bU", gates)
     if b is None:
         raise UsageError(f"{f['path']}: the split lacks its b blocks")
-    return w.T, u.T, np.concatenate([b, bu if bu is not None else np.zeros_like(b)])
+    return w, u, np.concatenate([b, bu if bu is not None else np.zeros_like(b)])
 
 
 def onnx_file_name(path: str) -> str:
