@@ -1,6 +1,6 @@
 """Running the real CLI on hostile inputs, in-process and in batches.
 
-`run_cli` invokes the Typer app through click's test runner (the Click command is built once: building
+`run_cli` invokes the Typer app through typer's test runner (the Click command is built once: building
 it per call costs more than the guarded read itself). The guard still forks a child per file, so a
 crash or a hang in libhdf5 is contained exactly as in production.
 
@@ -56,12 +56,19 @@ class CliResult:
 
 
 def command():
+    """The Typer app, its Click command built once: typer.testing's runner rebuilds it on every
+    invoke, which costs more than a guarded read. (Typer >= 0.26 vendors Click, so `click` itself
+    may not be installed: only typer's own runner is used.)"""
     global _COMMAND
     if _COMMAND is None:
         import typer.main
+        import typer.testing
 
         from lstm_inspect.cli import app
-        _COMMAND = typer.main.get_command(app)
+        built = typer.main.get_command(app)
+        original = typer.testing._get_command
+        typer.testing._get_command = lambda a: built if a is app else original(a)
+        _COMMAND = app
     return _COMMAND
 
 
@@ -80,7 +87,7 @@ def preimport() -> None:
 
 def run_cli(args: Sequence[str], env: dict | None = None) -> CliResult:
     """One CLI invocation in this process (the guard forks its reader child as usual)."""
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     args = [str(a) for a in args]
