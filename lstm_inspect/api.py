@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .cells import Direction, directions
-from .formats import open_model
-from .model import Model
-from .report import summarize
+from lstm_inspect.cells import Direction, directions, select
+from lstm_inspect.commands.summary import summarize
+from lstm_inspect.formats import open_model
+from lstm_inspect.model import Model
 
 __all__ = ["open_model", "directions", "summary", "Model", "Direction"]
 
@@ -26,8 +26,8 @@ def summary(path: str | os.PathLike) -> dict[str, Any]:
 
 def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdown: bool = False) -> str:
     """The `explain` output for the selected directions, as text or Markdown."""
-    from .explain import explain, render_markdown, render_text
-    from .export import select
+    from lstm_inspect.commands.explain import explain
+    from lstm_inspect.render.explain import render_markdown, render_text
     with open_model(path) as model:
         items = [explain(d) for d in select(directions(model), patterns)]
     if not items:
@@ -38,7 +38,7 @@ def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdo
 def split_gates(path: str | os.PathLike, out: str | os.PathLike, patterns: tuple[str, ...] = (),
                 force: bool = False, tmp_path: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Write per-gate blocks to an .npz (see export.split_gates); returns what was written."""
-    from .export import split_gates as _split
+    from lstm_inspect.commands.split import split_gates as _split
     result = _split(path, out, patterns, force=force, tmp_path=tmp_path,
                     progress=_progress_bar() if progress else None)
     return {"output": result.output, "keys": list(result.keys), "directions": list(result.directions),

@@ -1,22 +1,25 @@
-"""The command line: parse, call the library (in a guarded child process), render.
+"""The command line: parse, call the library (reading in a guarded child process), render.
 
-Errors are translated to exit codes in one place (`_handle_errors`): 2 bad input or usage,
-3 an internal error, 130 Ctrl-C. Data goes to stdout, messages to stderr.
+Every command body is those three steps; the work lives in `lstm_inspect.commands` and the output
+in `lstm_inspect.render`, and nothing imports this module. Errors become exit codes in one place
+(`_handle_errors`): 1 a check or verification failed, 2 bad input or usage, 3 an internal error,
+130 Ctrl-C. Data goes to stdout, messages to stderr.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Iterator, List
+from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from . import __version__, api
-from .errors import InspectError
-from .render import OutputFormat, render_json, render_markdown, render_table
+from lstm_inspect import __version__, api
+from lstm_inspect.errors import InspectError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
@@ -24,6 +27,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                        "without TensorFlow.")
 
 _state = {"debug": False}
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+class CheckFormat(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+    GITHUB = "github"
+
+
+class VerifyFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+
+
+class Target(str, Enum):
+    PYTORCH = "pytorch"
+    ONNX = "onnx"
+
+
+# --- options shared by several commands ----------------------------------------------------------
+
+ModelArg = Annotated[Path, typer.Argument(help="Model file.")]
+LayerOpt = Annotated[List[str], typer.Option("--layer", "-l",
+                                             help="Only directions whose path matches this glob (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")]
 
 
 def stdout_console():
@@ -36,6 +70,11 @@ def stderr_console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def say(message: str) -> None:
+    """A message for the user on stderr (never interpreted as rich markup)."""
+    stderr_console().print(message, markup=False, highlight=False)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"lstm-inspect {__version__}")
@@ -44,16 +83,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     _state["debug"] = debug or os.environ.get("LSTM_INSPECT_DEBUG") == "1"
 
 
 def error_line(message: str) -> None:
     """One line on stderr, never interpreted as markup; names from files cannot inject escapes."""
-    from .safety import printable
+    from lstm_inspect.safety.text import printable
     print(f"lstm-inspect: {printable(str(message), max_chars=2000)}", file=sys.stderr)
 
 
@@ -83,18 +122,15 @@ def _handle_errors() -> Iterator[None]:
 
 
 def guarded(fn, *args, label: str, **kwargs):
-    """Run a reading function in a disposable child process (see guard.py)."""
-    from .guard import run_guarded
+    """Run a reading function in a disposable child process (see safety/guard.py)."""
+    from lstm_inspect.safety.guard import run_guarded
     return run_guarded(fn, *args, label=label, **kwargs)
-
-
-FORMAT_HELP = "Output format: table (default), json or markdown."
 
 
 def scaled_timeout(*paths: Path) -> float:
     """The guard's time limit for commands that read every weight byte (copy, hash, scan): the
     default (LSTM_INSPECT_TIMEOUT, else 30 s) plus 1 s per 20 MB of input."""
-    from .guard import default_timeout
+    from lstm_inspect.safety.guard import default_timeout
     size = 0
     for p in paths:
         try:
@@ -105,14 +141,23 @@ def scaled_timeout(*paths: Path) -> float:
     return default_timeout() + size / 20e6
 
 
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# --- summary, split-gates, explain -----------------------------------------------------------------
+
 @app.command()
 def summary(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .hdf5, .keras, .weights.h5, "
-                                                  ".weights.json, or an unzipped .keras folder)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help=FORMAT_HELP,
-                                     case_sensitive=False),
+    models: Annotated[List[Path], typer.Argument(help="Model files (.h5, .hdf5, .keras, .weights.h5, "
+                                                      ".weights.json, or an unzipped .keras folder).")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                              help="Output format: table (default), json or markdown.")
+                   ] = OutputFormat.TABLE,
 ) -> None:
     """Every layer with exact parameter counts, and per-gate W/U/b blocks of every recurrent layer."""
+    from lstm_inspect.render import summary as render
     results = []
     failed = 0
     for path in models:
@@ -123,53 +168,228 @@ def summary(
             failed = failed or exit_.exit_code
     if results:
         if fmt is OutputFormat.JSON:
-            sys.stdout.write(render_json(results, as_list=len(models) > 1))
+            sys.stdout.write(render.render_json(results, as_list=len(models) > 1))
         elif fmt is OutputFormat.MARKDOWN:
-            sys.stdout.write(render_markdown(results))
+            sys.stdout.write(render.render_markdown(results))
         else:
-            render_table(results, stdout_console())
+            render.render_table(results, stdout_console())
     if failed:
         raise typer.Exit(failed)
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app()
-
-
 @app.command("split-gates")
 def split_gates(
-    model: Path = typer.Argument(..., help="Model file."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output .npz file."),
-    layer: List[str] = typer.Option([], "--layer", "-l",
-                                    help="Only directions whose path matches this glob (repeatable)."),
-    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .npz file.")],
+    layer: LayerOpt = [],  # noqa: B006 - typer copies defaults
+    force: ForceOpt = False,
 ) -> None:
     """Write every recurrent direction's per-gate W/U/b blocks (Keras math layout) to an .npz."""
-    from .export import atomic_output
+    from lstm_inspect.writers.atomic import atomic_output
     with _handle_errors():
         with atomic_output(output, force) as tmp:
             result = guarded(api.split_gates, str(model), str(output), tuple(layer), force=True,
                              tmp_path=tmp, progress=sys.stderr.isatty(), label=str(model),
                              output_path=tmp, timeout=scaled_timeout(model))
-        stderr_console().print(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
-                               f"recurrent direction(s) to {output}", markup=False)
+        say(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
+            f"recurrent direction(s) to {output}")
 
 
 @app.command()
 def explain(
-    model: Path = typer.Argument(..., help="Model file."),
-    layer: List[str] = typer.Option([], "--layer", "-l", help="Only directions matching this glob."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text or markdown."),
+    model: ModelArg,
+    layer: Annotated[List[str], typer.Option("--layer", "-l", help="Only directions matching this glob.")
+                     ] = [],  # noqa: B006
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or markdown.")] = "text",
 ) -> None:
     """Each recurrent cell's equations with this model's sizes, and what units/outputs/states mean."""
     with _handle_errors():
         if fmt not in ("text", "markdown"):
-            from .errors import UsageError
             raise UsageError(f"--format must be text or markdown, not {fmt!r}")
         text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", label=str(model))
         sys.stdout.write(text)
 
 
-# Commands defined in their own modules register themselves on `app` when imported.
-from . import commands_ci, commands_port  # noqa: E402,F401
+# --- verify and convert ------------------------------------------------------------------------
+
+@app.command()
+def verify(
+    model: ModelArg,
+    layer: LayerOpt = [],  # noqa: B006
+    steps: Annotated[int, typer.Option("--steps", help="Time steps of the random input.", min=1, max=10_000)] = 7,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size of the random input.", min=1, max=10_000)] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.", min=0)] = 0,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed absolute difference.",
+                                             min=0.0)] = 1e-5,
+    fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
+                                              case_sensitive=False)] = VerifyFormat.TABLE,
+) -> None:
+    """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
+
+    Needs TensorFlow (pip install 'lstm-inspect[tf]'). Exit 0 when every direction is within the
+    tolerance, 1 when one is not, 2 on bad input.
+    """
+    from lstm_inspect.commands import verify as verify_mod
+    from lstm_inspect.render import verify as render
+
+    with _handle_errors():
+        verify_mod.require_tensorflow()
+        # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
+        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                       timeout=scaled_timeout(model))
+        report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+    if fmt is VerifyFormat.JSON:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render.render_table(report, stdout_console())
+    rows = report["directions"]
+    failed = [r for r in rows if r["status"] == "fail"]
+    errors = [r for r in rows if r["status"] == "error"]
+    if failed:
+        say(f"verify FAILED for {', '.join(r['path'] for r in failed)} (tolerance {tolerance:g})")
+        raise typer.Exit(1)
+    if errors:
+        say(f"verify could not check {', '.join(r['path'] for r in errors)}: {errors[0]['reason']}")
+        raise typer.Exit(2)
+    say(f"verify: {len(rows)} recurrent direction(s) within {tolerance:g}")
+
+
+@app.command()
+def convert(
+    model: ModelArg,
+    to: Annotated[Target, typer.Option("--to", case_sensitive=False,
+                                       help="pytorch (a .safetensors file) or onnx (a folder of .onnx "
+                                            "models, one per recurrent layer).")],
+    output: Annotated[Path, typer.Option("--output", "-o",
+                                         help="Output .safetensors file (pytorch) or folder (onnx).")],
+    layer: Annotated[List[str], typer.Option("--layer", "-l",
+                                             help="Only layers whose path matches this glob (repeatable).")
+                     ] = [],  # noqa: B006
+    force: ForceOpt = False,
+) -> None:
+    """Write recurrent weights for torch.nn.LSTM/GRU/RNN (safetensors) or as ONNX LSTM/GRU/RNN models."""
+    from lstm_inspect.commands import convert as convert_mod
+    from lstm_inspect.commands import verify as verify_mod
+
+    with _handle_errors():
+        convert_mod.require(to.value)
+        if output.exists() and not force:
+            raise UsageError(f"{output} already exists (use --force to replace it)")
+        data = guarded(verify_mod.collect, str(model), tuple(layer), False, label=str(model),
+                       timeout=scaled_timeout(model))
+        write = convert_mod.write_pytorch if to is Target.PYTORCH else convert_mod.write_onnx
+        result = write(data, output, force)
+    for line in result["lines"]:
+        say(line)
+
+
+# --- snapshot, check, diff (CI) ----------------------------------------------------------------
+
+def _parse_limit(text: str) -> int:
+    from lstm_inspect.commands import expect
+    value = expect.parse_number(text)
+    if value is None or value < 0 or value != int(value):
+        raise UsageError(f"--max-params must be a whole number of parameters (e.g. 2000000, 2e6, 2M), not {text!r}")
+    return int(value)
+
+
+@app.command()
+def snapshot(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o",
+                                         help="Lock file to write (e.g. model.shapes.json); '-' for stdout.")],
+    force: ForceOpt = False,
+) -> None:
+    """Write a lock file of the architecture: layers, weight shapes/dtypes/checksums, recurrent directions."""
+    from lstm_inspect.commands import lockfile
+    from lstm_inspect.writers.atomic import atomic_output
+    with _handle_errors():
+        if str(output) == "-":
+            data = guarded(lockfile.snapshot_data, str(model), with_checksums=True, label=str(model),
+                           timeout=scaled_timeout(model))
+            sys.stdout.write(lockfile.dumps(data))
+            return
+        with atomic_output(output, force) as tmp:
+            data = guarded(lockfile.snapshot_data, str(model), with_checksums=True, label=str(model),
+                           timeout=scaled_timeout(model))
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(lockfile.dumps(data))
+                fh.flush()
+                os.fsync(fh.fileno())
+        tensors = sum(lockfile.count_weights(layer) for layer in data["layers"])
+        say(f"wrote snapshot of {len(data['layers'])} layer(s), {len(data['recurrent'])} "
+            f"recurrent direction(s) and {tensors} weight checksum(s) to {output}")
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    against: Annotated[Optional[Path], typer.Option("--against", "-a",
+                                                    help="Lock file written by `snapshot`: every difference fails.")
+                       ] = None,
+    expect_: Annotated[List[str], typer.Option("--expect", "-e",
+                                               help="Assertion such as lstm.units=128, bidi/forward.kind=GRU, "
+                                                    "total_params<=2e6, recurrent.count=2 (repeatable).")
+                       ] = [],  # noqa: B006
+    max_params: Annotated[Optional[str], typer.Option("--max-params", help="Fail above this many parameters.")
+                          ] = None,
+    weights: Annotated[bool, typer.Option("--weights",
+                                          help="With --against: also compare each weight tensor's sha256.")
+                       ] = False,
+    finite: Annotated[bool, typer.Option("--finite",
+                                         help="Fail on NaN or Inf in any weight (names tensor and gate).")
+                      ] = False,
+    fmt: Annotated[CheckFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                             help="text (default), json, junit or github.")] = CheckFormat.TEXT,
+) -> None:
+    """Check a model against a lock file and/or assertions. Exit 0 all hold, 1 a check failed, 2 bad input."""
+    from lstm_inspect.commands import expect, lockfile
+    from lstm_inspect.render import ci as render
+    with _handle_errors():
+        if against is None and not expect_ and max_params is None and not finite:
+            raise UsageError("nothing to check: give --against, --expect, --max-params or --finite")
+        if weights and against is None:
+            raise UsageError("--weights compares checksums with a lock file: give --against too")
+        expectations = [expect.parse(e) for e in expect_]
+        limit = _parse_limit(max_params) if max_params is not None else None
+        lock = lockfile.load_lock(against) if against is not None else None
+        data = guarded(lockfile.snapshot_data, str(model), with_checksums=weights, finite=finite,
+                       label=str(model), timeout=scaled_timeout(model))
+        report = lockfile.check_report(str(model), data, lock, str(against) if against is not None else None,
+                                       expectations=expectations, limit=limit, weights=weights, finite=finite)
+        if fmt is CheckFormat.JSON:
+            sys.stdout.write(render.render_json(report))
+        elif fmt is CheckFormat.JUNIT:
+            sys.stdout.write(render.render_junit(report))
+        elif fmt is CheckFormat.GITHUB:
+            sys.stdout.write(render.render_github(report))
+        else:
+            render.render_text(report, stdout_console())
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First model (any dialect).")],
+    b: Annotated[Path, typer.Argument(help="Second model (any dialect).")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                              help="table (default), json or markdown.")] = OutputFormat.TABLE,
+) -> None:
+    """Structural differences between two models, and per-gate relative weight change ‖B−A‖/‖A‖.
+
+    Exit 0 when the structure is identical (weight values may differ), 1 when it differs, 2 bad input.
+    """
+    from lstm_inspect.commands import lockfile
+    from lstm_inspect.render import ci as render
+    with _handle_errors():
+        data = guarded(lockfile.diff_data, str(a), str(b), label=f"{a}, {b}", timeout=scaled_timeout(a, b))
+        result = lockfile.diff_report(str(a), str(b), data)
+        if fmt is OutputFormat.JSON:
+            sys.stdout.write(render.render_diff_json(result))
+        elif fmt is OutputFormat.MARKDOWN:
+            sys.stdout.write(render.render_diff_markdown(result))
+        else:
+            render.render_diff_table(result, stdout_console())
+        if not result.identical:
+            raise typer.Exit(1)

@@ -1,19 +1,63 @@
-"""The neutral model every file dialect is read into: layers as a tree, weights as lazy handles.
+"""The neutral model every file format is read into: layers as a tree, weights as lazy handles.
 
-Readers (lstm_inspect.formats) build these records; nothing here knows about a file dialect.
+Readers (lstm_inspect.formats) build these records; nothing here knows about a file format.
 Weight values are read only when asked (`Weight.read`), so summarising a 1 GB model touches
-only its metadata.
+only its metadata. `Model.framework` says which framework wrote the file; the recurrent cells
+are recognised from these records by `lstm_inspect.cells`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 # A reader callable: given a numpy-style selection (or Ellipsis), returns that part of the array.
 ReadFn = Callable[[Any], np.ndarray]
+
+
+class Framework(str, Enum):
+    KERAS = "keras"
+    TENSORFLOW = "tensorflow"
+    PYTORCH = "pytorch"
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantization of a stored integer tensor: real value = (stored - zero_point) * scale,
+    with one (scale, zero_point) per tensor, or per channel along `axis`."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None
+
+    def dequantize(self, data: np.ndarray, selection: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """`data` = stored[selection] of a tensor of `shape`, as float32 real values."""
+        scale = np.asarray(self.scale, dtype=np.float64)
+        zero = np.asarray(self.zero_point, dtype=np.float64)
+        if self.axis is not None and scale.size > 1:
+            scale, zero, where = self._channel_params(scale, zero, selection, shape)
+            if where is not None:
+                tail = (1,) * (data.ndim - where - 1)
+                scale, zero = scale.reshape((-1,) + tail), zero.reshape((-1,) + tail)
+        else:
+            scale, zero = scale.reshape(-1)[0], zero.reshape(-1)[0]
+        return ((data.astype(np.float64) - zero) * scale).astype(np.float32)
+
+    def _channel_params(self, scale, zero, selection, shape):
+        """The scales of the selected channels, and the axis of `data` they run along (None when
+        the selection picked a single channel)."""
+        axis = self.axis
+        index = selection if isinstance(selection, tuple) else (() if selection is Ellipsis else (selection,))
+        picked = index[axis] if axis < len(index) else slice(None)
+        channels = np.arange(shape[axis])[picked]
+        dropped = sum(1 for s in index[:axis] if isinstance(s, (int, np.integer)))  # axes an int removed
+        where = None if np.ndim(channels) == 0 else axis - dropped
+        return scale[channels], zero[channels], where
 
 
 @dataclass(frozen=True)
@@ -29,6 +73,7 @@ class Weight:
     # (file, byte offset) of the raw little-endian C-order bytes, when stored that plainly
     # (contiguous, unfiltered): lets split-gates copy without going through HDF5.
     extent: tuple[str, int] | None = field(default=None, compare=False, repr=False)
+    quantization: Quantization | None = None
 
     @property
     def size(self) -> int:
@@ -43,6 +88,18 @@ class Weight:
         if self._read is None:
             raise RuntimeError(f"weight {self.name} has no data source")
         return self._read(selection)
+
+    @property
+    def value_dtype(self) -> str:
+        """The dtype of `read_values()`: float32 for quantized and bfloat16 weights, else stored."""
+        return "float32" if self.quantization is not None or self.dtype == "bfloat16" else self.dtype
+
+    def read_values(self, selection: Any = Ellipsis) -> np.ndarray:
+        """The real values: `read()` dequantized when the weight is quantized."""
+        data = self.read(selection)
+        if self.quantization is None:
+            return data
+        return self.quantization.dequantize(np.asarray(data), selection, self.shape)
 
     @property
     def short_name(self) -> str:
@@ -91,12 +148,15 @@ class Model:
     file: str
     format: str  # e.g. "hdf5-legacy", "hdf5-weights", "keras-zip", "keras-dir", "keras-weights-h5"
     layers: tuple[Layer, ...]
+    framework: Framework = Framework.KERAS
     keras_version: str | None = None
     backend: str | None = None
     name: str | None = None
     class_name: str | None = None
     has_config: bool = False
     notes: tuple[str, ...] = ()
+    producer: str | None = None  # the writing program and version where the file states it (not Keras)
+    optimizer_params: int = 0  # elements of optimizer state stored beside the model (not parameters)
     _close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def all_weights(self) -> Iterator[Weight]:
@@ -138,3 +198,9 @@ def dtype_itemsize(dtype: str) -> int:
         return np.dtype(dtype).itemsize
     except TypeError:
         return 0
+
+
+def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: widening it is exact."""
+    bits = np.ascontiguousarray(raw).view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32)

@@ -26,12 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Gate orders on the fused axis of each framework (see docs/verify-convert.md).
-KERAS_GATES = {"LSTM": ("i", "f", "c", "o"), "ConvLSTM": ("i", "f", "c", "o"),
-               "GRU": ("z", "r", "h"), "SimpleRNN": ("",)}
-TORCH_GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("r", "z", "h"), "SimpleRNN": ("",)}
-ONNX_GATES = {"LSTM": ("i", "o", "f", "c"), "GRU": ("z", "r", "h"), "SimpleRNN": ("",)}
-
 HARD_SIGMOID = {
     "keras2": "clip(0.2x + 0.5, 0, 1) (Keras 1/2, tf.keras)",
     "keras3": "relu6(x + 3) / 6 (Keras 3)",

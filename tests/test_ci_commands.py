@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lstm_inspect import __version__, ci_report, lockfile
+from lstm_inspect import __version__
+from lstm_inspect.commands import lockfile
+from lstm_inspect.render import ci as ci_report
 from lstm_inspect.cli import app
-from lstm_inspect.lockfile import CheckReport, CheckResult, Finding
+from lstm_inspect.commands.lockfile import CheckReport, CheckResult, Finding
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILDER = ROOT / "tests" / "ci_build_models.py"

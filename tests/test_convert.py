@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from lstm_inspect import reference as ref
 from lstm_inspect.cli import app
-from lstm_inspect.verify import collect
+from lstm_inspect.commands.verify import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -406,7 +406,7 @@ def test_force_and_atomic_replacement(zoo_keras3, tmp_path):
 
 
 def test_onnx_file_names_cannot_escape():
-    from lstm_inspect.convert import onnx_file_name
+    from lstm_inspect.commands.convert import onnx_file_name
 
     assert onnx_file_name("bidi") == "bidi.onnx"
     assert onnx_file_name("encoder/enc_lstm") == "encoder__enc_lstm.onnx"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lstm_inspect import expect, lockfile
+from lstm_inspect.commands import expect, lockfile
 from lstm_inspect.errors import UsageError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

@@ -1,4 +1,4 @@
-"""Tests for lstm_inspect.guard: crashes, hangs, limits and the pickle-free result transport."""
+"""Tests for lstm_inspect.safety.guard: crashes, hangs, limits and the pickle-free result transport."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lstm_inspect import guard
+from lstm_inspect.safety import guard
 from lstm_inspect.errors import CorruptModelError, GuardError, InspectError, InternalError, UnsafeModelError
-from lstm_inspect.guard import run_guarded
+from lstm_inspect.safety.guard import run_guarded
 
 CRASHERS = Path(os.environ.get("LSTM_INSPECT_CRASHERS",
                                Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hdf5-crashers"))

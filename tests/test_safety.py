@@ -18,9 +18,13 @@ from rich.console import Console
 
 from lstm_inspect.errors import (CorruptModelError, InspectError, NotAModelError, UnsafeModelError,
                                  UnsupportedDialectError)
-from lstm_inspect.guard import run_guarded
-from lstm_inspect.safety import (Container, Limits, check_h5_structure, check_zip, escape_name, load_json, open_h5,
-                                 read_member, sniff)
+from lstm_inspect.safety.guard import run_guarded
+from lstm_inspect.formats.sniff import Container, sniff
+from lstm_inspect.safety.hdf5 import check_h5_structure, open_h5
+from lstm_inspect.safety.jsonload import load_json
+from lstm_inspect.safety.limits import Limits
+from lstm_inspect.safety.text import escape_name
+from lstm_inspect.safety.zipcheck import check_zip, read_member
 
 MiB = 1 << 20
 

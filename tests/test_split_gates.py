@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lstm_inspect import export
+from lstm_inspect.commands import split as export
 from lstm_inspect.cli import app
 
 from .conftest import CORPUS
@@ -213,7 +213,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     lstm_file(model)
     out = tmp_path / "out.npz"
     out.write_bytes(b"old")
-    from lstm_inspect import npzstream
+    from lstm_inspect.writers import npz as npzstream
     original = npzstream.NpzStreamWriter.add
     calls = {"n": 0}
 
@@ -326,7 +326,7 @@ def test_property_random_sizes_split_to_slices(tmp_path_factory, kind, units, in
 @pytest.mark.parametrize("target", [16 << 20, 200])
 def test_many_rows_and_small_chunks(tmp_path, monkeypatch, target):
     """More rows than one pwritev takes (1024), and chunks of a few rows: still exact."""
-    from lstm_inspect import npzstream
+    from lstm_inspect.writers import npz as npzstream
     monkeypatch.setattr(export, "row_chunks", lambda n, row, target=target: npzstream.row_chunks(n, row, target))
     rng = np.random.default_rng(7)
     kernel = rng.standard_normal((3001, 8)).astype(np.float32)

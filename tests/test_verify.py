@@ -47,7 +47,7 @@ if blocked:
 
 def swap_i_f_labels():
     """Mislabel the splitter: the LSTM blocks of gate i are called f and vice versa."""
-    from lstm_inspect import cells
+    from lstm_inspect.cells import keras as cells
     original = cells._fused_blocks
 
     def swapped(layer, kind, path):
@@ -342,9 +342,9 @@ def test_missing_tensorflow_says_how_to_install_it():
 
 
 def test_reading_path_never_imports_tensorflow():
-    code = ("import sys; import lstm_inspect.cli, lstm_inspect.verify, lstm_inspect.convert, "
-            "lstm_inspect.reference, lstm_inspect.commands_port; "
-            f"from lstm_inspect.verify import collect; collect({str(CORPUS / 'har__har_lstm.h5')!r}); "
+    code = ("import sys; import lstm_inspect.cli, lstm_inspect.commands.verify, lstm_inspect.commands.convert, "
+            "lstm_inspect.reference; "
+            f"from lstm_inspect.commands.verify import collect; collect({str(CORPUS / 'har__har_lstm.h5')!r}); "
             f"bad = [m for m in {TF_MODULES!r} if m in sys.modules]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -422,7 +422,7 @@ def test_gru_variants_and_go_backwards():
 
 
 def test_a_direction_that_cannot_be_checked_exits_2(monkeypatch):
-    from lstm_inspect import verify as verify_mod
+    from lstm_inspect.commands import verify as verify_mod
 
     data = verify_mod.collect(str(CORPUS / "har__har_lstm.h5"))
     data["directions"][0]["activation"] = "my_custom_activation"

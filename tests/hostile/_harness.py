@@ -72,9 +72,10 @@ def command():
     return _COMMAND
 
 
-READING_MODULES = ("lstm_inspect.api", "lstm_inspect.cells", "lstm_inspect.configs", "lstm_inspect.explain",
-                   "lstm_inspect.export", "lstm_inspect.formats", "lstm_inspect.render", "lstm_inspect.report",
-                   "lstm_inspect.safety", "lstm_inspect.guard")
+READING_MODULES = ("lstm_inspect.api", "lstm_inspect.cells.keras", "lstm_inspect.formats.keras.files",
+                   "lstm_inspect.commands.summary", "lstm_inspect.commands.explain", "lstm_inspect.commands.split",
+                   "lstm_inspect.commands.lockfile", "lstm_inspect.render.summary", "lstm_inspect.render.explain",
+                   "lstm_inspect.render.ci", "lstm_inspect.safety.guard", "lstm_inspect.writers.npz")
 
 
 def preimport() -> None:

@@ -2,7 +2,7 @@
 
 Every hostile case is a `HostileCase`: a builder that writes the file(s) into its own folder, the exit
 codes the CLI may give, an optional regex the one-line message (or, on success, stdout) must match,
-and optionally smaller safety limits (patched into `lstm_inspect.safety.Limits`, which the forked
+and optionally smaller safety limits (patched into `lstm_inspect.safety.limits.Limits`, which the forked
 reader child inherits). `pytest_generate_tests` parametrizes every test that asks for `hostile_case`.
 
 Files that point at something dangerous point at a FIFO: if libhdf5 or the reader ever opened it, the

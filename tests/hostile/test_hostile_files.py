@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstm_inspect import safety
+from lstm_inspect.safety import limits as safety
 
 from ._harness import (
     GRACE,
@@ -235,7 +235,7 @@ def test_bad_timeout_setting_is_a_usage_error(value: str, tmp_path: Path) -> Non
 
 def test_timeout_setting_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hang is cut at LSTM_INSPECT_TIMEOUT seconds; an explicit timeout still wins."""
-    from lstm_inspect import guard
+    from lstm_inspect.safety import guard
     from lstm_inspect.errors import GuardError
 
     monkeypatch.setenv(guard.TIMEOUT_ENV, "0.5")

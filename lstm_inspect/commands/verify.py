@@ -23,8 +23,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import reference as ref
-from .errors import MissingExtraError, UsageError
+from lstm_inspect import reference as ref
+from lstm_inspect.cells import layouts
+from lstm_inspect.cells.core import CellKind
+from lstm_inspect.errors import CorruptModelError, MissingExtraError, UsageError
 
 MISSING_TF = "verify needs TensorFlow: pip install 'lstm-inspect[tf]'"
 PRODUCER_LABEL = {"keras1": "Keras 1", "keras2": "Keras 2 / tf.keras", "keras3": "Keras 3", None: "unknown Keras"}
@@ -37,9 +39,9 @@ CONV_KEYS = ("strides", "padding", "dilation_rate", "data_format")
 
 def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True) -> dict[str, Any]:
     """Everything `verify` and `convert` need from the file, as plain data (runs guarded)."""
-    from .cells import directions
-    from .export import file_sha256, select
-    from .formats import open_model
+    from lstm_inspect.cells import directions, select
+    from lstm_inspect.commands.split import file_sha256
+    from lstm_inspect.formats import open_model
 
     with open_model(path) as model:
         dirs = select(directions(model), patterns)
@@ -246,31 +248,21 @@ def _from_cudnn(weights: list[np.ndarray], n_gates: int, kind: str) -> list[np.n
 # ============================================================================================
 
 def fused_weights(f: Mapping[str, Any]) -> list[np.ndarray]:
-    """The blocks fused back into the weights of the plain Keras layer that computes this direction.
-
-    CuDNNLSTM becomes LSTM with bias b + bU; CuDNNGRU becomes GRU(reset_after=True) with bias (2, 3H).
-    """
-    kind, blocks = f["kind"], f["blocks"]
-    gates = ref.KERAS_GATES[kind]
-
-    def cat(prefix):
-        parts = [blocks.get(f"{prefix}_{g}" if g else prefix) for g in gates]
-        if any(p is None for p in parts):
-            return None
-        return np.concatenate(parts, axis=-1)
-    kernel, recurrent = cat("W"), cat("U")
-    if kernel is None or recurrent is None:
-        raise ValueError("the blocks lack a W or U block")
-    weights = [kernel, recurrent]
-    bias, bias_u = cat("b"), cat("bU")
-    if bias is not None:
-        if kind == "GRU" and f.get("reset_after"):
-            weights.append(np.stack([bias, bias_u if bias_u is not None else np.zeros_like(bias)]))
-        elif bias_u is not None:
-            weights.append(bias + bias_u)
-        else:
-            weights.append(bias)
-    return weights
+    """The blocks fused back into the weights of the plain Keras layer that computes this direction,
+    through the Keras gate layout. CuDNNLSTM becomes LSTM with bias b + bU; CuDNNGRU becomes
+    GRU(reset_after=True) with bias (2, 3H)."""
+    kind, blocks = CellKind(f["kind"]), dict(f["blocks"])
+    if kind is CellKind.GRU and f.get("reset_after"):
+        layout = layouts.KERAS_GRU_RESET_AFTER
+    else:
+        layout = layouts.KERAS[kind]
+        for name in [n for n in blocks if n.startswith("bU")]:  # one bias: Keras adds both sides
+            blocks["b" + name[2:]] = blocks["b" + name[2:]] + blocks.pop(name)
+    try:
+        tensors = layouts.fuse(layout, blocks, layouts.Sizes(f["units"], f["input_dim"]))
+    except CorruptModelError as exc:
+        raise ValueError(f"the blocks cannot be fused: {exc}") from None
+    return [tensors[p.tensor] for p in layout.parts if p.tensor in tensors]
 
 
 # ============================================================================================
@@ -564,50 +556,3 @@ def _check_one(f: Mapping[str, Any], impls: dict[str, _Keras], flavor: str, step
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300]
-
-
-# ============================================================================================
-# Rendering
-# ============================================================================================
-
-def fmt_diff(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2e}"
-
-
-def render_table(report: Mapping[str, Any], console) -> None:
-    from rich import box
-    from rich.table import Table
-
-    head = (f"{report['file']} · {report['format']} · written by {report['producer']}"
-            + (f" {report['keras_version']}" if report.get("keras_version") else ""))
-    console.print(head, markup=False, highlight=False)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col, justify in (("direction", "left"), ("kind", "left"), ("class", "left"), ("Keras layer", "left"),
-                         ("max |keras − numpy|", "right"), ("max |file − numpy|", "right"),
-                         ("result", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in report["directions"]:
-        keras = r.get("built_as") or "-"
-        if r.get("keras") and r["keras"].startswith("tf_keras"):
-            keras = f"tf_keras {keras}"
-        table.add_row(r["path"], r["kind"], r["class"], keras, fmt_diff(r["max_abs_keras_numpy"]),
-                      fmt_diff(r["max_abs_file_numpy"]), r["status"].upper() if r["status"] != "pass" else "pass")
-    console.print(table)
-    used = sorted({r["keras"] for r in report["directions"] if r.get("keras")})
-    if used:
-        console.print(f"Keras side: {', '.join(used)}", markup=False, highlight=False)
-    shapes = sorted({tuple(r["input_shape"]) for r in report["directions"] if r.get("input_shape")})
-    lines = [
-        f"input {', '.join(str(s) for s in shapes) or '-'}, seeded normal (seed {report['seed']}); every step's "
-        f"output and the final states compared in float64; tolerance {report['tolerance']:g}",
-        "keras − numpy: Keras given the split blocks fused back, against the NumPy cell built from the blocks",
-        "file − numpy:  Keras given the file's own tensors (as tf_keras loads them), against the same NumPy cell",
-    ]
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
-    if any(r.get("hard_sigmoid") for r in report["directions"]):
-        console.print(f"hard_sigmoid: {report['hard_sigmoid']}, the definition of the producing version",
-                      markup=False, highlight=False)
-    for r in report["directions"]:
-        for line in ([r["reason"]] if r.get("reason") else []) + list(r.get("notes") or []):
-            console.print(f"  {r['path']}: {line}", markup=False, highlight=False)

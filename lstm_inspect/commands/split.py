@@ -7,24 +7,22 @@ untouched. Keys are `<direction path>/<block>` exactly as in `summary --format j
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
-import tempfile
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .cells import Block, Direction, Transform, directions
-from .errors import CorruptModelError, UsageError
-from .formats import open_model
-from .model import Model, Weight
-from .npzstream import NpzStreamWriter, Pending, row_chunks
+from lstm_inspect.cells import Block, Direction, Transform, directions, select
+from lstm_inspect.errors import CorruptModelError
+from lstm_inspect.formats import open_model
+from lstm_inspect.model import Model, Weight
+from lstm_inspect.writers.atomic import atomic_output
+from lstm_inspect.writers.npz import NpzStreamWriter, Pending, row_chunks
 
 META_KEY = "__meta__"
 MATH_LAYOUT = "keras: y = x @ W + h @ U + b; W (input_dim, units), U (units, units), b (units,)"
@@ -38,24 +36,6 @@ class SplitResult:
     keys: tuple[str, ...]
     directions: tuple[str, ...]
     bytes_written: int
-
-
-def select(dirs: Sequence[Direction], patterns: Iterable[str]) -> list[Direction]:
-    """Directions whose path matches any glob (a pattern naming a layer selects all its sides/cells)."""
-    patterns = list(patterns)
-    if not patterns:
-        return list(dirs)
-    chosen = [d for d in dirs if any(_matches(d.path, p) for p in patterns)]
-    if not chosen:
-        known = ", ".join(d.path for d in dirs) or "none"
-        raise UsageError(f"no recurrent layer matches {', '.join(patterns)} (recurrent layers: {known})")
-    return chosen
-
-
-def _matches(path: str, pattern: str) -> bool:
-    parts = path.split("/")
-    prefixes = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(p, pattern) for p in prefixes)
 
 
 def sanitize_key(path: str, block: str) -> str:
@@ -115,34 +95,11 @@ def metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]]
     }
 
 
-@contextmanager
-def atomic_output(out: str | os.PathLike, force: bool) -> Iterator[str]:
-    """Yield a temporary path in the target folder; rename it over `out` only if the body succeeds."""
-    target = Path(out)
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists (use --force to replace it)")
-    if target.is_dir():
-        raise UsageError(f"{target} is a directory")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"output folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; give the output the usual mode
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
 
 def _streamable(block: Block) -> bool:
-    """A plain column slice (or all) of a tensor of rank >= 2: readable in row chunks of its source."""
-    if block.transform is not Transform.NONE or len(block.source.shape) < 2:
+    """A plain column slice (or all) of a tensor of rank >= 2, stored as the values themselves (not
+    quantized): readable in row chunks of its source."""
+    if block.transform is not Transform.NONE or len(block.source.shape) < 2 or block.source.quantization:
         return False
     if block.selection is Ellipsis:
         return True
@@ -158,7 +115,7 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
     Blocks cut from the same tensor share one sequential read of it, in row chunks (see npzstream).
     """
     placeholder = meta()  # same length as the final text: only the sha256 is filled in later
-    members = [(key, np.dtype(_np_dtype(b)), b.shape) for key, b in blocks]
+    members = [(key, np.dtype(b.dtype), b.shape) for key, b in blocks]
     members.append((META_KEY, np.array(placeholder).dtype, ()))
     total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, dtype, shape in members[:-1])
     by_source: dict[str, list[tuple[int, Block]]] = {}
@@ -254,12 +211,6 @@ def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
         view, position = view[got:], position + got
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),
                 force: bool = False, progress: ProgressFn | None = None,
                 tmp_path: str | None = None) -> SplitResult:
@@ -312,7 +263,3 @@ def _background(fn: Callable[..., str | None], *args: object) -> Callable[[], st
             raise result["error"]  # type: ignore[misc]
         return result["value"]  # type: ignore[return-value]
     return wait
-
-
-def _np_dtype(block: Block) -> str:
-    return block.source.dtype if block.source.dtype != "bfloat16" else "float32"

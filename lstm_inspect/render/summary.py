@@ -1,32 +1,14 @@
-"""Renderers for the summary data: a rich table, GitHub-flavoured Markdown, JSON. One `--format`."""
+"""The summary data (lstm_inspect.commands.summary) as a rich table, GitHub-flavoured Markdown or JSON."""
 from __future__ import annotations
 
 import json
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-from .cells import GATE_MEANING
-from .safety import printable
-
-
-class OutputFormat(str, Enum):
-    TABLE = "table"
-    JSON = "json"
-    MARKDOWN = "markdown"
-
-
-DiffFormat = OutputFormat
-
-
-class CheckFormat(str, Enum):
-    TEXT = "text"
-    JSON = "json"
-    JUNIT = "junit"
-    GITHUB = "github"
-
+from lstm_inspect.cells import GATE_MEANING
+from lstm_inspect.safety.text import printable
 
 def fmt_int(n: int) -> str:
     return f"{n:,}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .cells import Direction, directions
-from .model import Layer, Model
+from lstm_inspect.cells import Direction, directions
+from lstm_inspect.model import Layer, Model
 
 SCHEMA_VERSION = 1
 
@@ -21,6 +21,7 @@ def summarize(model: Model, dirs: list[Direction] | None = None) -> dict[str, An
     return {
         "file": model.file,
         "format": model.format,
+        "framework": model.framework.value,
         "keras_version": model.keras_version,
         "backend": model.backend,
         "model_name": model.name,
@@ -34,6 +35,7 @@ def summarize(model: Model, dirs: list[Direction] | None = None) -> dict[str, An
         "layers": [layer_dict(layer) for layer in model.layers],
         "recurrent": [direction_dict(d) for d in dirs],
         "notes": list(model.notes) + code_notes(model.layers),
+        **_stated(producer=model.producer, optimizer_params=model.optimizer_params or None),
     }
 
 
@@ -98,4 +100,11 @@ def direction_dict(d: Direction) -> dict[str, Any]:
         "layout": "keras (x @ W): W (input_dim, units), U (units, units), b (units,)",
         "corrections": list(d.corrections),
         "notes": list(d.notes),
+        **_stated(projection_size=d.projection_size, forget_bias=d.forget_bias, cell_clip=d.cell_clip,
+                  proj_clip=d.proj_clip),
     }
+
+
+def _stated(**fields: Any) -> dict[str, Any]:
+    """Fields other frameworks fill, present only when the file states them (Keras files never do)."""
+    return {k: v for k, v in fields.items() if v is not None}

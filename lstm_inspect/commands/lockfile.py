@@ -1,7 +1,7 @@
 """Architecture snapshots ("lock files") and the checks built on them: pure library code.
 
 `snapshot_data(path)` reads a model into a plain, JSON-ready dict (the lock file of
-`lstm-inspect snapshot`, schema "lstm-inspect/snapshot" version 1, see docs/ci.md). It runs in
+`lstm-inspect snapshot`, schema "lstm-inspect/snapshot" version 1, see the README's "Use in CI"). It runs in
 the guarded child. Everything else here works on those dicts only:
 
 - `load_lock` parses and validates a lock file (a malformed one is a CorruptModelError, exit 2);
@@ -27,12 +27,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .cells import GATE_MEANING, Block, Direction, Transform, directions
-from .errors import CorruptModelError, UsageError
-from .formats import open_model
-from .model import Layer, Model, Weight, strip_tf_suffix
-from .report import direction_dict
+from lstm_inspect import __version__
+from lstm_inspect.cells import GATE_MEANING, Block, Direction, Transform, directions
+from lstm_inspect.commands.summary import direction_dict
+from lstm_inspect.errors import CorruptModelError, UsageError
+from lstm_inspect.formats import open_model
+from lstm_inspect.model import Layer, Model, Weight, strip_tf_suffix
 
 SCHEMA = "lstm-inspect/snapshot"
 VERSION = 1
@@ -961,3 +961,35 @@ class DiffReport:
                 "identical_structure": self.identical,
                 "findings": [f.to_dict() for f in self.comparison.findings],
                 "changes": list(self.changes)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The reports of `check` and `diff`
+
+def check_report(file: str, data: Mapping, lock: Mapping | None, against: str | None, *,
+                 expectations: Sequence = (), limit: int | None = None, weights: bool = False,
+                 finite: bool = False) -> CheckReport:
+    """Every check `check` was asked for, on a snapshot of the model: the lock file, the
+    expectations (commands.expect), the parameter limit, finiteness."""
+    from lstm_inspect.commands import expect  # expect builds on this module's records
+    checks: list[CheckResult] = []
+    if lock is not None:
+        checks.extend(compare(lock, data, weights=weights).checks)
+    checks.extend(expect.evaluate(e, data) for e in expectations)
+    if limit is not None:
+        checks.append(max_params_check(data, limit))
+    if finite:
+        checks.append(finite_check(data))
+    return CheckReport(file, tuple(checks), against)
+
+
+def diff_report(a: str, b: str, data: Mapping) -> DiffReport:
+    """The structural comparison and the per-block changes of `diff_data`, as one report."""
+    comparison = compare(data["a"], data["b"], semantic=True)
+    return DiffReport(a, b, data["a"]["source"]["format"], data["b"]["source"]["format"], comparison,
+                      tuple(data["changes"]))
+
+
+def count_weights(layer: Mapping) -> int:
+    """Weight tensors of a snapshot layer record, nested models included."""
+    return len(layer["weights"]) + sum(count_weights(c) for c in layer.get("layers", []))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from .errors import CorruptModelError
+from lstm_inspect.errors import CorruptModelError
 
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 RNN_LAYER_CLASSES = frozenset({"LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU",

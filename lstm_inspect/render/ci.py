@@ -15,9 +15,8 @@ if TYPE_CHECKING:  # rich is imported where a table is drawn, keeping start-up l
     from rich.console import Console
     from rich.table import Table
 
-from .cells import GATE_MEANING
-from .render import CheckFormat, DiffFormat  # noqa: F401  (re-exported: the formats live with the CLI's)
-from .lockfile import CheckReport, DiffReport, Finding
+from lstm_inspect.cells import GATE_MEANING
+from lstm_inspect.commands.lockfile import CheckReport, DiffReport, Finding
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import h5py
 
-from ..configs import Spec, parse_model_config
-from ..errors import CorruptModelError, UnsupportedDialectError
-from ..model import Layer, Weight
-from .common import attr_list, attr_str, h5_weight, infer_layer, layer_from_spec
+from lstm_inspect.errors import CorruptModelError, UnsupportedDialectError
+from lstm_inspect.formats.keras.configs import Spec, parse_model_config
+from lstm_inspect.formats.keras.hdf5 import attr_list, attr_str, h5_weight
+from lstm_inspect.formats.keras.layers import infer_layer, layer_from_spec
+from lstm_inspect.model import Layer, Weight
 
 
 def is_legacy(f: h5py.File) -> bool:

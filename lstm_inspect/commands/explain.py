@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .cells import CellKind, Direction, GATE_MEANING
+from lstm_inspect.cells import GATE_MEANING, CellKind, Direction
 
 
 @dataclass(frozen=True)
@@ -149,24 +149,3 @@ def _meaning(d: Direction) -> list[str]:
     for note in d.corrections:
         lines.append(f"Stored layout: {note}.")
     return lines
-
-
-def render_text(items: list[Explanation]) -> str:
-    out: list[str] = []
-    for e in items:
-        out += [e.title, ""]
-        out += [f"  {line}" for line in e.equations]
-        out += ["", "  with " + ", ".join(e.shapes), "", "  parameters: " + e.params[0]]
-        out += [f"  {line}" for line in e.params[1:]]
-        out += [""] + [f"  - {line}" for line in e.meaning] + [""]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def render_markdown(items: list[Explanation]) -> str:
-    out: list[str] = []
-    for e in items:
-        out += [f"### {e.title}", "", "```text"] + list(e.equations) + ["```", ""]
-        out += ["Shapes: " + ", ".join(f"`{s}`" for s in e.shapes), ""]
-        out += [f"Parameters: `{e.params[0]}`"] + [f"{line}" for line in e.params[1:]] + [""]
-        out += [f"- {line}" for line in e.meaning] + [""]
-    return "\n".join(out).rstrip() + "\n"

@@ -1,103 +1,13 @@
-"""Pieces shared by the readers: HDF5 attribute decoding, lazy weights, and putting a layer's
-flat weight list onto its config tree (or inferring the tree when a file has no config)."""
+"""Putting a layer's flat weight list onto its config tree, or inferring the tree from weight names
+and shapes when a file has no config (Keras weights-only files)."""
 from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Sequence
 
-import h5py
-import numpy as np
-
-from ..configs import Spec
-from ..errors import CorruptModelError
-from ..model import Layer, Weight, strip_tf_suffix
-
-NON_TRAINABLE_NAMES = frozenset({"moving_mean", "moving_variance", "running_mean", "running_std"})
-
-
-def decode(value: Any) -> Any:
-    """HDF5 attributes arrive as bytes, str, numpy scalars or arrays of those."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray):
-        return [decode(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def attr_list(obj: h5py.HLObject, name: str) -> list[str] | None:
-    """A list attribute such as `layer_names`, also when Keras chunked it as `name0`, `name1`, ..."""
-    if name in obj.attrs:
-        value = decode(obj.attrs[name])
-        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    if f"{name}0" not in obj.attrs:
-        return None
-    out: list[str] = []
-    k = 0
-    while f"{name}{k}" in obj.attrs:
-        out.extend(str(v) for v in decode(obj.attrs[f"{name}{k}"]))
-        k += 1
-    return out
-
-
-def attr_str(obj: h5py.HLObject, name: str) -> str | None:
-    if name not in obj.attrs:
-        return None
-    value = decode(obj.attrs[name])
-    return str(value) if value is not None else None
-
-
-def dataset_dtype(ds: h5py.Dataset) -> str:
-    declared = ds.attrs.get("dtype") if "dtype" in ds.attrs else None
-    if declared is not None and decode(declared) == "bfloat16":
-        return "bfloat16"
-    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2:  # only bfloat16 is stored as 2-byte opaque
-        return "bfloat16"
-    return ds.dtype.name
-
-
-def bfloat16_to_float32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 is the top half of a float32: widening it is exact."""
-    bits = np.ascontiguousarray(raw).view(np.uint16).astype(np.uint32) << 16
-    return bits.view(np.float32)
-
-
-def raw_extent(ds: h5py.Dataset, base: tuple[str, int] | None) -> tuple[str, int] | None:
-    """(file, offset) of a dataset's bytes when they sit in the file exactly as NumPy lays them out."""
-    if base is None or ds.chunks is not None or ds.dtype.kind not in "fiub" or ds.dtype.byteorder == ">":
-        return None
-    if ds.dtype.byteorder == "=" and np.little_endian is False:
-        return None
-    try:
-        offset = ds.id.get_offset()
-        plain = ds.id.get_create_plist().get_nfilters() == 0 and ds.id.get_storage_size() == ds.nbytes
-    except (OSError, ValueError, RuntimeError):
-        return None
-    if offset is None or not plain:
-        return None
-    return base[0], base[1] + int(offset)
-
-
-def h5_weight(name: str, ds: h5py.Dataset, trainable: bool = True,
-              base: tuple[str, int] | None = None) -> Weight:
-    """A lazy weight. `base` = (file path, offset of the HDF5 image in it) enables `extent`."""
-    dtype = dataset_dtype(ds)
-
-    def read(selection: Any = Ellipsis, _ds: h5py.Dataset = ds) -> np.ndarray:
-        try:
-            data = np.asarray(_ds[()] if selection is Ellipsis else _ds[selection])
-        except (OSError, ValueError, KeyError) as err:  # a damaged chunk, a failing filter...
-            raise CorruptModelError(f"weight {name} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
-        # NumPy has no bfloat16: hand out its exact float32 values.
-        return bfloat16_to_float32(data) if dtype == "bfloat16" else data
-
-    short = strip_tf_suffix(name).rsplit("/", 1)[-1]
-    return Weight(name=name, shape=tuple(int(d) for d in ds.shape), dtype=dtype,
-                  trainable=trainable and short not in NON_TRAINABLE_NAMES,
-                  location=ds.name, _read=read,
-                  extent=raw_extent(ds, base) if dtype != "bfloat16" else None)
+from lstm_inspect.formats.keras.configs import Spec
+from lstm_inspect.model import Layer, Weight, strip_tf_suffix
 
 
 # --- putting weights onto a config tree -------------------------------------------------------
@@ -256,21 +166,3 @@ def infer_class(name: str, weights: Sequence[Weight]) -> str:
 
 def natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
-
-
-def ensure(condition: bool, message: str) -> None:
-    if not condition:
-        raise CorruptModelError(message)
-
-
-def flatten(items: Iterable[Iterable[Weight]]) -> list[Weight]:
-    return [w for group in items for w in group]
-
-
-def config_get(config: Mapping | None, *keys: str, default: Any = None) -> Any:
-    if not config:
-        return default
-    for key in keys:
-        if key in config:
-            return config[key]
-    return default

@@ -14,9 +14,10 @@ from typing import Iterable
 
 import h5py
 
-from ..configs import CELL_CLASSES, MODEL_CLASSES, RNN_LAYER_CLASSES, Spec
-from ..model import Layer, Weight
-from .common import decode, h5_weight, infer_class, natural_key
+from lstm_inspect.formats.keras.configs import CELL_CLASSES, MODEL_CLASSES, RNN_LAYER_CLASSES, Spec
+from lstm_inspect.formats.keras.hdf5 import decode, h5_weight
+from lstm_inspect.formats.keras.layers import infer_class, natural_key
+from lstm_inspect.model import Layer, Weight
 
 # Variable names by position, for the classes whose save order is fixed.
 _VAR_NAMES = {

@@ -16,17 +16,16 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from . import __version__
-from . import reference as ref
-from .errors import MissingExtraError, UsageError
-from .export import current_umask
+from lstm_inspect import __version__
+from lstm_inspect import reference as ref
+from lstm_inspect.cells import layouts
+from lstm_inspect.cells.core import CellKind
+from lstm_inspect.errors import MissingExtraError, UsageError
+from lstm_inspect.writers.atomic import atomic_folder, atomic_output, current_umask
 
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # readable by every onnxruntime since 1.10
@@ -127,13 +126,6 @@ def _torch_kind(m: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     raise UsageError(f"{where}: {f['class']} has no torch.nn module")
 
 
-def _cat(blocks: Mapping[str, np.ndarray], prefix: str, gates: Sequence[str]) -> np.ndarray | None:
-    parts = [blocks.get(f"{prefix}_{g}" if g else prefix) for g in gates]
-    if any(p is None for p in parts):
-        return None
-    return np.concatenate([np.asarray(p) for p in parts], axis=-1)
-
-
 def _dtype(m: Mapping[str, Any], allow64: bool) -> np.dtype:
     arrays = [a for f in m["directions"] for a in f["blocks"].values()]
     if allow64 and arrays and all(np.asarray(a).dtype == np.float64 for a in arrays):
@@ -141,29 +133,17 @@ def _dtype(m: Mapping[str, Any], allow64: bool) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _kernels_wx(f: Mapping[str, Any], gates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Input and recurrent kernels fused in the target's gate order, in the `W x` layout."""
-    w, u = _cat(f["blocks"], "W", gates), _cat(f["blocks"], "U", gates)
-    if w is None or u is None:
-        raise UsageError(f"{f['path']}: the split lacks a W or U block")
-    return w.T, u.T
+def fused_tensors(f: Mapping[str, Any], table: Mapping[CellKind, layouts.GateLayout]) -> dict[str, np.ndarray]:
+    """One direction's blocks fused into a framework's tensors (by role), through its gate layout."""
+    layout = table[CellKind(f["kind"])]
+    return layouts.fuse(layout, f["blocks"], layouts.Sizes(f["units"], f["input_dim"]))
 
 
 def torch_tensors(f: Mapping[str, Any], prefix: str, suffix: str, dtype) -> dict[str, np.ndarray]:
     """state_dict entries of one direction, in PyTorch gate order and layout (W x)."""
-    kind = f["kind"]
-    gates = ref.TORCH_GATES[kind]
-    blocks = f["blocks"]
-    w, u = _kernels_wx(f, gates)
-    out = {f"{prefix}.weight_ih_l0{suffix}": w, f"{prefix}.weight_hh_l0{suffix}": u}
-    if f["use_bias"]:
-        b = _cat(blocks, "b", gates)
-        bu = _cat(blocks, "bU", gates)
-        if b is None:
-            raise UsageError(f"{f['path']}: the split lacks its b blocks")
-        out[f"{prefix}.bias_ih_l0{suffix}"] = b
-        out[f"{prefix}.bias_hh_l0{suffix}"] = bu if bu is not None else np.zeros_like(b)
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in out.items()}
+    tensors = fused_tensors(f, layouts.PYTORCH)
+    return {f"{prefix}.{role}_l0{suffix}": np.ascontiguousarray(value, dtype=dtype)
+            for role, value in tensors.items()}
 
 
 def _keras_output(m: Mapping[str, Any], units: int, var: str, seq_axis: int = 1) -> str:
@@ -259,8 +239,6 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
 def write_pytorch(data: Mapping[str, Any], out: str | os.PathLike, force: bool) -> dict[str, Any]:
     from safetensors.numpy import save_file
 
-    from .export import atomic_output
-
     tensors, meta = plan_pytorch(data)
     with atomic_output(out, force) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", "lstm_inspect": json.dumps(meta, sort_keys=True)})
@@ -295,20 +273,6 @@ def onnx_activation(name: str | None, flavor: str, where: str) -> tuple[str, flo
                      f"ScaledTanh, HardSigmoid, Elu, Softsign, Softplus)")
 
 
-def _onnx_weights(f: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    kind = f["kind"]
-    gates = ref.ONNX_GATES[kind]
-    blocks = f["blocks"]
-    w, u = _kernels_wx(f, gates)
-    if not f["use_bias"]:
-        return w, u, None
-    b = _cat(blocks, "b", gates)
-    bu = _cat(blocks, "bU", gates)
-    if b is None:
-        raise UsageError(f"{f['path']}: the split lacks its b blocks")
-    return w, u, np.concatenate([b, bu if bu is not None else np.zeros_like(b)])
-
-
 def onnx_file_name(path: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.replace("/", "__")).lstrip(".") or "layer"
     return name[:200] + ".onnx"
@@ -334,14 +298,11 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
             alphas.append(alpha)
         if beta is not None:
             betas.append(beta)
-    W, R, B = zip(*(_onnx_weights(d) for d in m["directions"]))
+    sides = [fused_tensors(d, layouts.ONNX) for d in m["directions"]]
     H, I = f["units"], f["input_dim"]
-    inits = [numpy_helper.from_array(np.stack(W).astype(np.float32), "W"),
-             numpy_helper.from_array(np.stack(R).astype(np.float32), "R")]
-    inputs = ["X_tm", "W", "R"]
-    if B[0] is not None:
-        inits.append(numpy_helper.from_array(np.stack(B).astype(np.float32), "B"))
-        inputs.append("B")
+    inputs = ["X_tm", "W", "R"] + (["B"] if "B" in sides[0] else [])
+    inits = [numpy_helper.from_array(np.stack([t[name] for t in sides]).astype(np.float32), name)
+             for name in inputs[1:]]
     nodes = [helper.make_node("Transpose", ["X"], ["X_tm"], perm=[1, 0, 2], name="to_time_major")]
     reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
     if reverse:  # Keras go_backwards: read the steps last to first, outputs in that order
@@ -422,57 +383,3 @@ def write_onnx(data: Mapping[str, Any], out: str | os.PathLike, force: bool) -> 
         direction = next((a.s.decode() for a in node.attribute if a.name == "direction"), "forward")
         lines.append(f"  {name}: {node.op_type} ({direction}), opset {ONNX_OPSET}")
     return {"lines": lines, "files": [n for n, _ in models]}
-
-
-class atomic_folder:
-    """Build a folder beside `out` and rename it into place; an existing output is replaced only with
-    force and only if it looks like an earlier export (nothing but .onnx files)."""
-
-    def __init__(self, out: str | os.PathLike, force: bool) -> None:
-        self.target = Path(out)
-        self.force = force
-        self.tmp: str | None = None
-
-    def __enter__(self) -> str:
-        target = self.target
-        if target.exists() or target.is_symlink():
-            if not self.force:
-                raise UsageError(f"{target} already exists (use --force to replace it)")
-            if target.is_symlink() or not target.is_dir():
-                raise UsageError(f"{target} exists and is not a folder; refusing to replace it")
-            strangers = [p.name for p in target.iterdir() if not (p.is_file() and not p.is_symlink()
-                                                                   and p.name.endswith(".onnx"))]
-            if strangers:
-                raise UsageError(f"{target} holds files that are not .onnx models ({', '.join(strangers[:3])}); "
-                                 f"refusing to replace it")
-        parent = target.parent if str(target.parent) else Path(".")
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist")
-        self.tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        target = self.target
-        try:
-            os.chmod(self.tmp, 0o777 & ~current_umask())
-            if target.exists():
-                old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-                os.rmdir(old)
-                os.rename(target, old)
-                try:
-                    os.rename(self.tmp, target)
-                except BaseException:
-                    os.rename(old, target)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(self.tmp, target)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-        return False
-

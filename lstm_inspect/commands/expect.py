@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import UsageError
-from .lockfile import CONFIG_FACTS, CheckResult, Finding
+from lstm_inspect.commands.lockfile import CONFIG_FACTS, CheckResult, Finding
+from lstm_inspect.errors import UsageError
 
 OPS = ("==", "!=", "<=", ">=", "=", "<", ">")
 _EXPR = re.compile(r"^\s*(?P<lhs>[^=!<>]*?)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<rhs>.*?)\s*$", re.S)

@@ -1,0 +1,1 @@
+"""Output files: atomic replacement (`atomic`) and the streaming `.npz` writer (`npz`)."""
