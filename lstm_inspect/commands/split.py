@@ -22,7 +22,7 @@ from lstm_inspect.errors import CorruptModelError
 from lstm_inspect.formats import open_model
 from lstm_inspect.model import Model, Weight
 from lstm_inspect.writers.atomic import atomic_output
-from lstm_inspect.writers.npz import NpzStreamWriter, Pending, row_chunks
+from lstm_inspect.writers.npz import NpzStreamWriter, row_chunks
 
 META_KEY = "__meta__"
 MATH_LAYOUT = "keras: y = x @ W + h @ U + b; W (input_dim, units), U (units, units), b (units,)"
@@ -67,9 +67,10 @@ def file_sha256(path: str | os.PathLike) -> str | None:
     if p.is_dir():
         return None
     digest = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    buffer = memoryview(bytearray(8 << 20))  # one buffer, refilled: no allocation per chunk
+    with open(p, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(buffer[:n])
     return digest.hexdigest()
 
 
@@ -161,46 +162,40 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
 
 def _copy_extent(writer: NpzStreamWriter, group: list[tuple[int, Block]], source: Weight, done: int,
                  total: int, progress: ProgressFn | None) -> int:
-    """Copy column blocks straight from the source file's bytes: one sequential read of the tensor
-    in row chunks, each chunk handed to the CRC and write workers as per-row slices (no copies).
-    Two buffers alternate so the next read overlaps the previous chunk's CRC and write."""
+    """Copy column blocks straight from the source file's bytes: the tensor is read once, in bands
+    of rows (one `pread` each); each gate's columns of a band are gathered into a contiguous buffer
+    (one strided NumPy copy) and written with one `pwrite`. Memory: a band and one gathered band."""
     path, offset = source.extent  # type: ignore[misc]
     width = source.shape[-1]
     rows_total = source.size // max(1, width)
     itemsize = source.nbytes // max(1, source.size)
     row_bytes = width * itemsize
-    chunks = list(row_chunks(rows_total, row_bytes))
+    band_rows = next(row_chunks(rows_total, row_bytes), slice(0, 0)).stop
+    # Copy elements as unsigned integers of their width: no float conversion, NaN payloads intact.
+    element = np.dtype(f"<u{itemsize}")
+    band = np.empty((band_rows, width), dtype=element)
+    gathered = np.empty(band_rows * width, dtype=element)
     fd = os.open(path, os.O_RDONLY)
     try:
         if offset + source.nbytes > os.fstat(fd).st_size:
             raise CorruptModelError(f"weight {source.name} extends past the end of the file")
-        size = (chunks[0].stop - chunks[0].start) * row_bytes if chunks else 0
-        slots = [(bytearray(size), Pending()), (bytearray(size), Pending())]
-        for k, rows in enumerate(chunks):
-            buffer, pending = slots[k % 2]
-            pending.wait()
-            view = memoryview(buffer)[:(rows.stop - rows.start) * row_bytes]
-            _pread_exactly(fd, view, offset + rows.start * row_bytes, source.name)
+        for rows in row_chunks(rows_total, row_bytes):
+            n = rows.stop - rows.start
+            _pread_exactly(fd, memoryview(band[:n]).cast("B"), offset + rows.start * row_bytes, source.name)
             for index, block in group:
-                writer.add_segments(index, _row_segments(view, block, row_bytes, itemsize), pending)
-            done += len(view)
+                columns = slice(None) if block.selection is Ellipsis else block.selection[-1]
+                part = band[:n, columns]
+                if not part.flags.c_contiguous:
+                    out = gathered[:part.size].reshape(part.shape)
+                    np.copyto(out, part)
+                    part = out
+                writer.add(index, part.view(writer.members[index].dtype))
+            done += n * row_bytes
             if progress:
                 progress(done, total)
-        for _, pending in slots:
-            pending.wait()
     finally:
         os.close(fd)
     return done
-
-
-def _row_segments(view: memoryview, block: Block, row_bytes: int, itemsize: int) -> list[memoryview]:
-    if block.selection is Ellipsis:
-        return [view]
-    cols = block.selection[-1]
-    start, stop = cols.start * itemsize, cols.stop * itemsize
-    if start == 0 and stop == row_bytes:
-        return [view]
-    return [view[r + start:r + stop] for r in range(0, len(view), row_bytes)]
 
 
 def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
