@@ -31,6 +31,7 @@ MAX_SOURCES = 16  # names kept in `Folded.sources` (a Concat of hundreds of slic
 BUDGET_FLOOR = 64 * MiB  # folding may always build this much, however little the file stores
 BUDGET_FACTOR = 4  # ... and this many times the bytes of every tensor the file stores
 _INDEX_DTYPES = ("int32", "int64")
+_UNBOUNDED_ENDS = (2**31 - 1, 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -531,9 +532,13 @@ def _slice(op: _Op) -> Value:
 
 
 def _slice_axis(start: int, end: int, step: int, dim: int) -> tuple[slice, int]:
-    """ONNX Slice clamping (it differs from Python's for a negative step and a start before 0)."""
+    """ONNX Slice clamping (it differs from Python's for a negative step and a start before 0). An end of
+    INT32_MAX or INT64_MAX means "to the end in the step's direction", as onnxruntime reads it (the
+    spec's clamping would make a backward slice to INT64_MAX empty; onnx.reference follows the spec)."""
     if dim == 0:
         return slice(0, 0), 0
+    if end in _UNBOUNDED_ENDS:
+        end = dim if step > 0 else -dim - 1
     start += dim if start < 0 else 0
     end += dim if end < 0 else 0
     if step > 0:

@@ -127,7 +127,8 @@ class RecurrentScan:
 
 def find_recurrent(model: OnnxModel, limits: Limits = DEFAULT_LIMITS,
                    folder: ConstantFolder | None = None) -> RecurrentScan:
-    """Every LSTM/GRU/RNN node of the model (main graph, subgraphs, local functions), in graph order."""
+    """Every LSTM/GRU/RNN node of the model: the main graph's in node order, then each subgraph's
+    (depth first, in the order of the nodes holding them), then the local functions'."""
     folder = folder or ConstantFolder(model, limits)
     scopes = list(_scopes(folder.root, model))
     taken: set[str] = set()
