@@ -24,12 +24,13 @@ import numpy as np
 
 from ...errors import CorruptModelError, UnsafeModelError
 from ...safety import DEFAULT_LIMITS, Limits, printable
-from .proto import Dim, Graph, Node, OnnxModel, OnnxTensor, ValueInfo, dtype_of_code
+from .proto import Dim, Graph, Node, OnnxModel, OnnxTensor, ValueInfo, dtype_of_code, readable
 
 MiB = 1 << 20
 MAX_SOURCES = 16  # names kept in `Folded.sources` (a Concat of hundreds of slices needs no longer list)
 BUDGET_FLOOR = 64 * MiB  # folding may always build this much, however little the file stores
 BUDGET_FACTOR = 4  # ... and this many times the bytes of every tensor the file stores
+MAX_RANK = 64  # numpy's limit
 _INDEX_DTYPES = ("int32", "int64")
 _UNBOUNDED_ENDS = (2**31 - 1, 2**63 - 1)
 
@@ -229,6 +230,10 @@ class ConstantFolder:
         unknown = next((v for v in values if isinstance(v, Unknown)), None)
         if unknown is not None:
             return unknown
+        unread = next((v for v in values if v is not None and not readable(v.dtype)), None)
+        if unread is not None:
+            return Unknown(f"{node.op_type} node '{printable(node.name, 200)}' works on {unread.dtype} "
+                           "values, which are not read")
         op = _Op(node, values, owner.opset, self)
         return _OPS[node.op_type](op)
 
@@ -312,6 +317,10 @@ class _Op:
             raise self.fail(f"axis {axis} is out of range for rank {rank}")
         return axis % rank
 
+    def check_rank(self, shape: tuple[int, ...]) -> None:
+        if len(shape) > MAX_RANK:
+            raise self.fail(f"its output would have rank {len(shape)}, over {MAX_RANK}")
+
     def derive(self, data: list[Folded], shape: tuple[int, ...], dtype: str, *,
                tensor: OnnxTensor | None = None, array: np.ndarray | None = None) -> Folded:
         """The output: ops and sources are those of the data inputs plus this op."""
@@ -324,11 +333,13 @@ class _Op:
 
     def reshaped(self, data: Folded, shape: tuple[int, ...]) -> Folded:
         """Same values, new shape: stays lazy when the input is."""
+        self.check_rank(shape)
         array = data.array.reshape(shape) if data.array is not None else None
         return self.derive([data], shape, data.dtype, tensor=data.tensor, array=array)
 
     def computed(self, data: list[Folded], shape: tuple[int, ...], dtype: str, build: Any) -> Folded:
         """An allocating op: charge its size first, then build the array."""
+        self.check_rank(shape)
         itemsize = 4 if dtype == "bfloat16" else np.dtype(dtype).itemsize  # bfloat16 is held as float32
         self.folder.charge(math.prod(shape) * itemsize, self.node)
         array = np.ascontiguousarray(build())

@@ -100,7 +100,10 @@ class OnnxTensor:
         elif self.storage == "none":
             data = np.zeros(0, dtype=kind.numpy)
         else:
-            data = _decode_typed(self._payload, kind, self.name)
+            try:
+                data = _decode_typed(self._payload, kind, self.name)
+            except ProtoError as err:
+                raise CorruptModelError(f"tensor '{printable(self.name, 200)}': {err}") from None
         if data.size != self.size:
             raise CorruptModelError(f"tensor '{printable(self.name, 200)}' holds {data.size} values, "
                                     f"its dims {list(self.dims)} say {self.size}")
@@ -588,7 +591,6 @@ _KINDS = {
     26: _Kind("int2", None, 5), 27: _Kind("float6e2m3", None, 5), 28: _Kind("float6e3m2", None, 5),
 }
 _KIND_BY_NAME = {k.name: k for k in _KINDS.values()}
-_CODE_BY_NAME = {k.name: code for code, k in _KINDS.items()}
 _FIELD_NAMES = {4: "float_data", 5: "int32_data", 6: "string_data", 7: "int64_data", 10: "double_data",
                 11: "uint64_data"}
 
@@ -598,13 +600,15 @@ def _dtype_name(code: int) -> str:
     return kind.name if kind is not None else ("undefined" if code == 0 else f"type{code}")
 
 
-def dtype_code(name: str) -> int | None:
-    """The TensorProto.DataType of a dtype name used here (for Cast targets and tests)."""
-    return _CODE_BY_NAME.get(name)
-
-
 def dtype_of_code(code: int) -> str:
+    """The dtype name used here for a TensorProto.DataType (Cast's `to`)."""
     return _dtype_name(code)
+
+
+def readable(dtype: str) -> bool:
+    """`OnnxTensor.read` can return values of this dtype."""
+    kind = _KIND_BY_NAME.get(dtype)
+    return kind is not None and kind.numpy is not None
 
 
 def _decode_bytes(raw: Union[bytes, memoryview], kind: _Kind) -> np.ndarray:
