@@ -127,16 +127,22 @@ def assert_same_attribute_value(ours, theirs: onnx.AttributeProto, base_dir: str
         assert ours.value == value
 
 
-def assert_same_graph(ours: Graph, theirs: onnx.GraphProto, base_dir: str) -> None:
-    assert ours.name == theirs.name
-    assert len(ours.nodes) == len(theirs.node)
-    for a, b in zip(ours.nodes, theirs.node):
+def assert_same_nodes(ours, theirs, base_dir: str) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
         assert (a.name, a.op_type, a.domain) == (b.name, b.op_type, b.domain)
         assert a.inputs == tuple(b.input) and a.outputs == tuple(b.output), a.name
         assert [x.name for x in a.attributes] == [x.name for x in b.attribute], a.name
         for x, y in zip(a.attributes, b.attribute):
             assert x.type == onnx.AttributeProto.AttributeType.Name(y.type).lower(), (a.name, x.name)
-            assert_same_attribute_value(x, y, base_dir)
+            assert x.ref_attr_name == y.ref_attr_name
+            if not y.ref_attr_name:
+                assert_same_attribute_value(x, y, base_dir)
+
+
+def assert_same_graph(ours: Graph, theirs: onnx.GraphProto, base_dir: str) -> None:
+    assert ours.name == theirs.name
+    assert_same_nodes(ours.nodes, theirs.node, base_dir)
     assert len(ours.initializers) == len(theirs.initializer)
     for a, b in zip(ours.initializers, theirs.initializer):
         assert_same_tensor(a, b, base_dir)
@@ -158,6 +164,10 @@ def assert_same_model(ours: OnnxModel, path: Path) -> onnx.ModelProto:
     assert ours.opset_imports == tuple((o.domain, o.version) for o in theirs.opset_import)
     assert ours.metadata_props == tuple((p.key, p.value) for p in theirs.metadata_props)
     assert [(f.domain, f.name) for f in ours.functions] == [(f.domain, f.name) for f in theirs.functions]
+    for a, b in zip(ours.functions, theirs.functions):
+        assert (a.inputs, a.outputs) == (tuple(b.input), tuple(b.output))
+        assert a.opset_imports == tuple((o.domain, o.version) for o in b.opset_import)
+        assert_same_nodes(a.nodes, b.node, str(path.parent))
     assert_same_graph(ours.graph, theirs.graph, str(path.parent))
     return theirs
 

@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from lstm_inspect.errors import CorruptModelError
-from lstm_inspect.formats.onnx.fold import Folded, Unknown
-from lstm_inspect.formats.onnx.proto import read_onnx
+from lstm_inspect.errors import CorruptModelError, UnsupportedDialectError
+from lstm_inspect.formats.onnx.fold import ConstantFolder, Folded, Scope, Unknown
+from lstm_inspect.formats.onnx.proto import Graph, read_onnx
 from lstm_inspect.formats.onnx.recurrent import DEFAULT_ACTIVATIONS, ROLES, find_recurrent
 
 from .conftest import CORPUS_ONNX, HIDDEN, SEQ
-from .helpers import F32, model, ort_run, out, save, walk_onnx_nodes
+from .helpers import F32, assert_same_model, model, ort_run, out, save, walk_onnx_nodes
 
 DEFAULTS = {"direction": "forward", "layout": 0, "input_forget": 0, "linear_before_reset": 0,
             "activation_alpha": (), "activation_beta": (), "clip": None, "hidden_size": None}
@@ -38,6 +38,7 @@ def _onnx_initializers(graph: onnx.GraphProto, base_dir: str, found=None) -> dic
 def assert_nodes_match_onnx(path) -> list:
     """Each recurrent NodeProto onnx sees has one RecurrentNode with the same inputs, outputs and
     attributes (defaults filled in), and every input that is an initializer reads as onnx reads it."""
+    assert_same_model(read_onnx(path), path)  # every tensor, node and attribute first
     theirs = onnx.load(str(path))
     ours = find_recurrent(read_onnx(path)).nodes
     expected = [n for n in walk_onnx_nodes(theirs.graph) if n.op_type in ("LSTM", "GRU", "RNN")]
@@ -320,3 +321,28 @@ def test_too_many_inputs_are_corrupt(tmp_path):
                 tmp_path / "many.onnx")
     with pytest.raises(CorruptModelError, match="7 inputs"):
         find_recurrent(read_onnx(path))
+
+
+def test_function_attributes_bound_at_the_call_site(tmp_path):
+    """Inside a function an attribute may name the caller's attribute: its value is not in the body."""
+    constant = helper.make_node("Constant", [], ["c"], value_floats=[1.0] * 16)
+    transpose = helper.make_node("Transpose", ["c"], ["fw_t"])
+    transpose.attribute.append(helper.make_attribute_ref("perm", onnx.AttributeProto.INTS, ref_attr_name="order"))
+    lstm = helper.make_node("LSTM", ["fx", "fw_t", "fw_t"], ["fy"])
+    lstm.attribute.append(helper.make_attribute_ref("hidden_size", onnx.AttributeProto.INT, ref_attr_name="units"))
+    function = helper.make_function("local", "Cell", ["fx"], ["fy"], [constant, transpose, lstm],
+                                    [helper.make_opsetid("", 17)], attributes=["order", "units"])
+    call = helper.make_node("Cell", ["x"], ["y"], domain="local", order=[0], units=2)
+    m = model([call], [], [out("x")], [out("y")])
+    m.functions.append(function)
+    m.opset_import.append(helper.make_opsetid("local", 1))
+    path = save(m, tmp_path / "function.onnx")
+    ours = read_onnx(path)
+    assert_same_model(ours, path)
+    body = ours.functions[0]
+    assert body.nodes[2].attribute("hidden_size").ref_attr_name == "units"
+    with pytest.raises(UnsupportedDialectError, match="bound at each call of its function"):
+        find_recurrent(ours)
+    folder = ConstantFolder(ours)
+    scope = Scope(Graph(body.name, body.nodes, (), (), (), (), ()), 17, None, "local.Cell", "function")
+    assert folder.value(scope, "fw_t").why == "attribute perm of Transpose node '' is bound at each call of its function"

@@ -230,6 +230,10 @@ class ConstantFolder:
         unknown = next((v for v in values if isinstance(v, Unknown)), None)
         if unknown is not None:
             return unknown
+        bound = next((a for a in node.attributes if a.ref_attr_name), None)
+        if bound is not None:
+            return Unknown(f"attribute {printable(bound.name, 100)} of {node.op_type} node "
+                           f"'{printable(node.name, 200)}' is bound at each call of its function")
         unread = next((v for v in values if v is not None and not readable(v.dtype)), None)
         if unread is not None:
             return Unknown(f"{node.op_type} node '{printable(node.name, 200)}' works on {unread.dtype} "

@@ -129,7 +129,8 @@ class ValueInfo:
 class Attribute:
     """`type` is the ONNX attribute type in lower case (`float`, `ints`, `graph`, ...); `value` a float,
     int, str, OnnxTensor, Graph or a tuple of those. Sparse tensors and type protos are not read
-    (`value` None). `ref_attr_name` is set inside functions for attributes bound at the call site."""
+    (`value` None). Inside a function, `ref_attr_name` names the function attribute whose value the call
+    site gives (`value` is then None)."""
 
     name: str
     type: str
@@ -355,8 +356,10 @@ class _Reader:
         kind = _ATTRIBUTE_TYPES.get(code) if code else next((k for k, f in _ATTRIBUTE_FIELDS if f in msg), None)
         if kind is None:
             raise CorruptModelError(f"attribute '{printable(name, 200)}' has unknown type {code}")
-        return Attribute(name=name, type=kind, value=self.attribute_value(msg, kind, name, depth),
-                         ref_attr_name=self.name(pw.first(msg, 21)))
+        reference = self.name(pw.first(msg, 21))
+        if reference:  # inside a function: the value comes from the call site
+            return Attribute(name=name, type=kind, value=None, ref_attr_name=reference)
+        return Attribute(name=name, type=kind, value=self.attribute_value(msg, kind, name, depth))
 
     def attribute_value(self, msg: Message, kind: str, name: str, depth: int) -> Any:
         if kind == "float":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import CorruptModelError
+from ...errors import CorruptModelError, UnsupportedDialectError
 from ...safety import DEFAULT_LIMITS, Limits, printable
 from .fold import ConstantFolder, Folded, Scope, Value
 from .proto import Dim, Graph, Node, OnnxModel, ValueInfo, opset_version
@@ -237,6 +237,10 @@ class _Attributes:
         attribute = self.node.attribute(name)
         if attribute is None:
             return default
+        if attribute.ref_attr_name:
+            raise UnsupportedDialectError(
+                f"{self.node.op_type} node '{printable(self.path, 200)}': attribute {name} is bound at each "
+                f"call of its function (to {printable(attribute.ref_attr_name, 100)}), which is not read")
         if attribute.type != kind:
             raise self.fail(f"attribute {name} is a {attribute.type}, not {kind}")
         return attribute.value
