@@ -14,7 +14,8 @@ from onnx import helper, numpy_helper
 
 from lstm_inspect.errors import CorruptModelError, InspectError, UnsafeModelError
 from lstm_inspect.formats.onnx.fold import ConstantFolder, Folded, Scope
-from lstm_inspect.formats.onnx.proto import Graph, OnnxBounds, OnnxModel, OnnxTensor, parse_onnx, read_onnx
+from lstm_inspect.formats.onnx.proto import (DEFAULT_BOUNDS, Graph, OnnxBounds, OnnxModel, OnnxTensor, parse_onnx,
+                                             read_onnx)
 from lstm_inspect.formats.onnx.recurrent import find_recurrent
 from lstm_inspect.safety import Limits
 
@@ -22,6 +23,10 @@ from .helpers import model, out, pb_field, save, varint
 
 SMALL = Limits(max_dataset_bytes=64 << 20)
 MiB = 1 << 20
+
+
+def _ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
 
 
 def _seed_model() -> bytes:
@@ -32,13 +37,15 @@ def _seed_model() -> bytes:
     r = helper.make_tensor("r", onnx.TensorProto.FLOAT, [1, 8, 2], rng.standard_normal(16).tolist())
     gw = numpy_helper.from_array(rng.standard_normal((1, 3, 3)).astype(np.float16), "gw")
     gr = helper.make_tensor("gr", onnx.TensorProto.INT64, [2], [-1, 3])
-    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
-    branch = lambda tag: helper.make_graph([  # noqa: E731
-        helper.make_node("Cast", ["gw"], [f"gw32_{tag}"], to=onnx.TensorProto.FLOAT),
-        helper.make_node("Constant", [], [f"gr_{tag}"], value_floats=[0.5] * 3),
-        helper.make_node("Reshape", [f"gr_{tag}", "shape"], [f"gr3_{tag}"]),
-        helper.make_node("GRU", ["x", f"gw32_{tag}", f"gr3_{tag}"], [f"y_{tag}"], hidden_size=1,
-                         linear_before_reset=1)], tag, [], [out(f"y_{tag}", shape=[None, 1, 1, 1])])
+
+    def branch(tag: str) -> onnx.GraphProto:
+        return helper.make_graph([
+            helper.make_node("Cast", ["gw"], [f"gw32_{tag}"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Constant", [], [f"gr_{tag}"], value_floats=[0.5] * 3),
+            helper.make_node("Reshape", [f"gr_{tag}", "shape"], [f"gr3_{tag}"]),
+            helper.make_node("GRU", ["x", f"gw32_{tag}", f"gr3_{tag}"], [f"y_{tag}"], hidden_size=1,
+                             linear_before_reset=1)], tag, [], [out(f"y_{tag}", shape=[None, 1, 1, 1])])
+
     nodes = [
         helper.make_node("Slice", ["w", "s", "e"], ["w_a"]),
         helper.make_node("Slice", ["w", "e", "big"], ["w_b"]),
@@ -48,8 +55,8 @@ def _seed_model() -> bytes:
         helper.make_node("Gather", ["gr", "zero"], ["picked"]),
         helper.make_node("If", ["flag"], ["z"], then_branch=branch("then"), else_branch=branch("else")),
     ]
-    m = model(nodes, [w, r, gw, gr, ints("s", [0]), ints("e", [4]), ints("big", [2**62]), ints("zero", [0]),
-                      ints("shape", [1, 3, 1])],
+    m = model(nodes, [w, r, gw, gr, _ints("s", [0]), _ints("e", [4]), _ints("big", [2**62]), _ints("zero", [0]),
+                      _ints("shape", [1, 3, 1])],
               [out("x", shape=["T", 1, 3]), out("flag", onnx.TensorProto.BOOL, [])], [out("y"), out("z")],
               value_info=[out("W", shape=[1, 8, 3])])
     return m.SerializeToString()
@@ -82,16 +89,17 @@ def _fold_everything(folder: ConstantFolder, scope: Scope) -> None:
                 _fold_everything(folder, scope.child(attribute.value, attribute.name))
 
 
-def exercise(data: bytes, path=None, bounds: OnnxBounds = OnnxBounds()) -> list[str]:
+def exercise(data: bytes, path=None, bounds: OnnxBounds = DEFAULT_BOUNDS) -> list[str]:
     """Every stage, each on its own; returns the typed errors met (anything else fails the test)."""
     errors = []
     try:
         m: OnnxModel = parse_onnx(data, path=path, limits=SMALL, bounds=bounds)
     except InspectError as err:
         return [type(err).__name__]
+    folder = ConstantFolder(m, SMALL)
     stages = (lambda: [t.read() for t in _tensors(m.graph)],
               lambda: find_recurrent(m, SMALL),
-              lambda: _fold_everything(ConstantFolder(m, SMALL), ConstantFolder(m, SMALL).root))
+              lambda: _fold_everything(folder, folder.root))
     for stage in stages:
         try:
             stage()
@@ -218,7 +226,6 @@ def test_long_chains_and_diamonds_fold_without_recursion():
     started = time.perf_counter()
     (node,) = find_recurrent(parse_onnx(_lstm_model(chain, [w]).SerializeToString())).nodes
     assert node.input("W").value.lazy and node.input("W").value.read().shape == (1, 4, 2)
-    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
     diamond = []
     for k in range(300):  # each level reads the previous one twice: 2**300 paths without memoisation
         diamond += [helper.make_node("Slice", [f"d{k}", "s0", "e1", "ax"], [f"lo{k}"]),
@@ -226,7 +233,7 @@ def test_long_chains_and_diamonds_fold_without_recursion():
                     helper.make_node("Concat", [f"hi{k}", f"lo{k}"], [f"d{k + 1}"], axis=1)]
     diamond.append(helper.make_node("Identity", ["d300"], ["W"]))
     m = _lstm_model(diamond, [numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(1, 4, 2), "d0"),
-                              ints("s0", [0]), ints("e1", [1]), ints("e4", [4]), ints("ax", [1])])
+                              _ints("s0", [0]), _ints("e1", [1]), _ints("e4", [4]), _ints("ax", [1])])
     (node,) = find_recurrent(parse_onnx(m.SerializeToString())).nodes
     expected = np.roll(np.arange(8, dtype=np.float32).reshape(1, 4, 2), -300, axis=1)
     assert np.array_equal(node.input("W").value.read(), expected)

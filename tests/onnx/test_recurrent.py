@@ -203,8 +203,10 @@ def test_paths_in_subgraphs_functions_and_clashes(tmp_path):
     w = _weights("LSTM", 2, 3, 1)
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()] + [
         numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([8], np.int64), "eight")]
-    lstm = lambda name, outputs, w_name="W": helper.make_node(  # noqa: E731
-        "LSTM", ["x", w_name, "R"], outputs, name=name, hidden_size=2)
+
+    def lstm(name: str, outputs: list[str], w_name: str = "W") -> onnx.NodeProto:
+        return helper.make_node("LSTM", ["x", w_name, "R"], outputs, name=name, hidden_size=2)
+
     then_graph = helper.make_graph([helper.make_node("Slice", ["W", "zero", "eight", "zero"], ["w_part"]),
                                     lstm("", ["t_y"], "w_part")], "then", [], [out("t_y")])
     else_graph = helper.make_graph([lstm("/inner/lstm", ["e_y"])], "else", [], [out("e_y")])

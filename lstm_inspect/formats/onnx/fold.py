@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Unknown:
     dtype: str | None = None
 
 
-Value = Union[Folded, Unknown]
+Value = Folded | Unknown
 
 
 class Scope:

@@ -20,8 +20,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +44,7 @@ class OnnxBounds:
 
 DEFAULT_BOUNDS = OnnxBounds()
 
-Dim = Union[int, str, None]  # dim_value, dim_param, or unknown
+Dim = int | str | None  # dim_value, dim_param, or unknown
 
 
 @dataclass(frozen=True)
@@ -614,7 +613,7 @@ def readable(dtype: str) -> bool:
     return kind is not None and kind.numpy is not None
 
 
-def _decode_bytes(raw: Union[bytes, memoryview], kind: _Kind) -> np.ndarray:
+def _decode_bytes(raw: bytes | memoryview, kind: _Kind) -> np.ndarray:
     storage = "<u2" if kind.name == "bfloat16" else kind.numpy
     return np.frombuffer(raw, dtype=storage)
 
