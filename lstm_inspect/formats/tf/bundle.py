@@ -1024,6 +1024,8 @@ def _typed_values(tensor: protos.MessageReader, entry: TensorEntry, storage: np.
         low, high = 0, 1
     if ints.size and (ints.min() < low or ints.max() > high):
         raise fail(f"V1 tensor {printable(entry.name, 200)}: a value lies outside the range of {entry.dtype}")
+    if entry.dtype_enum == 19:  # half_val holds each float16's bits, not its value
+        return ints.astype("<u2").view(storage)
     return ints.astype(storage)
 
 
