@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -29,13 +29,12 @@ from ...errors import CorruptModelError, NotAModelError, UnsafeModelError, Unsup
 from ...safety import DEFAULT_LIMITS, Limits, printable
 from .. import protowire as pw
 from . import protos
-from .crc32c import crc32c, masked, unmask
+from .crc32c import crc32c, unmask
 from .snappy import SnappyError, SnappyLimitError, decompress
 
 __all__ = ["Bundle", "BundleHeader", "Resolved", "TableLimits", "TensorEntry", "TensorSlice", "open_bundle",
            "resolve"]
 
-Buffer = Union[bytes, bytearray, memoryview]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48  # two block handles padded to 40 bytes, then the 8-byte magic
