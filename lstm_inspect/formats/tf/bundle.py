@@ -225,14 +225,17 @@ def _inside(folder: str, target: str) -> bool:
 
 
 def _ends_with_magic(name: str) -> bool:
+    """Whether a regular file ends with the table magic (how a V1 checkpoint is recognised)."""
     try:
-        with open(name, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode) or size < FOOTER_BYTES:
-                return False
-            return int.from_bytes(os.pread(fh.fileno(), 8, size - 8), "little") == TABLE_MAGIC
+        fd, size = _open_regular(name, DEFAULT_LIMITS, "the file")
+    except (NotAModelError, CorruptModelError, UnsafeModelError):
+        return False
+    try:
+        return size >= FOOTER_BYTES and int.from_bytes(os.pread(fd, 8, size - 8), "little") == TABLE_MAGIC
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------- file access
@@ -294,6 +297,7 @@ class _Table:
         self._cached: tuple[_Handle, bytes] | None = None
         try:
             self.index = self._read_index()
+            self.separators = [key for key, _ in self.index]
         except BaseException:
             self.close()
             raise
@@ -405,7 +409,7 @@ class _Table:
 
     def get(self, key: bytes) -> memoryview | None:
         """The value stored under `key` (the first block whose separator is ≥ key holds it)."""
-        where = bisect.bisect_left([k for k, _ in self.index], key)
+        where = bisect.bisect_left(self.separators, key)
         if where == len(self.index):
             return None
         handle = self.index[where][1]

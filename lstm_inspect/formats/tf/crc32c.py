@@ -141,12 +141,15 @@ def _crc32c_pure(data: Buffer, crc: int = 0) -> int:
 
 
 # ----------------------------------------------------------------------------------------- selection
+_COPY_CHUNK = 4 << 20
+
+
 def _select() -> tuple[str, Callable[[Buffer, int], int]]:
     try:
         import google_crc32c
 
         if google_crc32c.implementation == "c":
-            return "google-crc32c", lambda data, crc=0: google_crc32c.extend(crc, data)
+            return "google-crc32c", _google_extend(google_crc32c.extend)
     except ImportError:
         pass
     try:
@@ -156,6 +159,18 @@ def _select() -> tuple[str, Callable[[Buffer, int], int]]:
     except ImportError:
         pass
     return "numpy", _crc32c_pure
+
+
+def _google_extend(extend: Callable[[int, bytes], int]) -> Callable[[Buffer, int], int]:
+    """google-crc32c takes `bytes` only (no memoryview, no bytearray): other buffers go in 4 MiB copies."""
+    def run(data: Buffer, crc: int = 0) -> int:
+        if isinstance(data, bytes):
+            return extend(crc, data)
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _COPY_CHUNK):
+            crc = extend(crc, bytes(view[start:start + _COPY_CHUNK]))
+        return crc
+    return run
 
 
 IMPLEMENTATION, _native = _select()
