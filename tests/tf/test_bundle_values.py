@@ -192,3 +192,15 @@ def test_reading_path_imports_no_framework(tfzoo, tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(bundle_module.__file__).rsplit("/lstm_inspect/", 1)[0])
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
+
+
+@pytest.mark.parametrize("case", ["tf1_cells", "keras3_fit"])
+def test_the_general_entry_decoder_agrees(tfzoo, case, monkeypatch):
+    """Plain entries take a one-pass decoder; the general one (used for anything unusual) gives the same."""
+    truth = tfzoo.case(case)
+    with open_bundle(tfzoo.path(truth["prefix"])) as bundle:
+        fast = dict(bundle.entries)
+    monkeypatch.setattr(bundle_module, "_plain_entry", lambda *args: None)
+    with open_bundle(tfzoo.path(truth["prefix"])) as bundle:
+        assert bundle.entries == fast
+        assert listing(bundle) == truth_listing(truth)
