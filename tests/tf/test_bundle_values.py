@@ -204,3 +204,27 @@ def test_the_general_entry_decoder_agrees(tfzoo, case, monkeypatch):
     with open_bundle(tfzoo.path(truth["prefix"])) as bundle:
         assert bundle.entries == fast
         assert listing(bundle) == truth_listing(truth)
+
+
+def test_a_partial_read_verifies_the_entry_once(tfzoo, monkeypatch):
+    """Row reads of a big tensor stream the whole entry through the CRC the first time only."""
+    truth = tfzoo.case("tf1_cells")
+    checked = []
+    real = bundle_module.crc32c
+    monkeypatch.setattr(bundle_module, "crc32c", lambda data, value=0: checked.append(len(data)) or real(data, value))
+    name = "stack/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel"
+    with open_bundle(tfzoo.path(truth["prefix"])) as bundle:
+        checked.clear()
+        size = bundle.entries[name].size
+        first = bundle.read(name, slice(0, 2))
+        assert sum(checked) == size
+        checked.clear()
+        second = bundle.read(name, slice(2, 4))
+        whole = bundle.read(name)
+        assert sum(checked) == 0
+        assert np.array_equal(np.concatenate([first, second]), whole[:4])
+    with open_bundle(tfzoo.path(truth["prefix"]), check_crc=False) as bundle:
+        checked.clear()
+        bundle.read(name, slice(0, 2))
+        bundle.read(name)
+        assert sum(checked) == 0

@@ -110,6 +110,8 @@ def test_a_flipped_value_is_caught_by_the_data_crc(tfzoo, tmp_path):
         with open_bundle(prefix, check_crc=False) as bundle:  # the flipped byte is really what gets read
             expected = np.load(tfzoo.path(next(v["npy"] for v in truth["variables"] if v["name"] == entry.name)))
             assert not np.array_equal(bundle.read(entry.name), expected)
+            with pytest.raises(CorruptModelError, match="checksum mismatch"):
+                bundle.verify(entry.name)  # an explicit check runs whatever the bundle's setting
         shard.write_bytes(original)
     with open_bundle(prefix) as bundle:  # and the slices of a partitioned variable too
         part = bundle._parts["dev0/part"][1][1]
@@ -133,6 +135,8 @@ def test_a_flipped_string_is_caught(tfzoo, tmp_path):
         shard.write_bytes(damaged)
         with open_bundle(prefix) as bundle, pytest.raises(CorruptModelError):
             bundle.read_strings("dev1/name")
+        with open_bundle(prefix, check_crc=False) as bundle, pytest.raises(CorruptModelError):
+            bundle.verify("dev1/name")
         shard.write_bytes(original)
 
 

@@ -600,12 +600,11 @@ class Bundle:
         if self.format == "v1":
             (tslice, raw), = self._parts[name]
             return self._v1_strings(entry, raw)
-        data = _pread(self._shard(entry), entry.size, entry.offset, self._shard_path(entry.shard),
-                      f"tensor {printable(name, 200)}")
-        return self._parse_strings(entry, memoryview(data))
+        return self._parse_strings(entry, self._string_record(entry), self.check_crc)
 
     def verify(self, name: str) -> None:
-        """Check a tensor's CRC-32C now (streaming its bytes in chunks), once per entry."""
+        """Check a tensor's CRC-32C now (streaming its bytes in chunks), once per entry; also when
+        the bundle was opened with check_crc=False."""
         entry = self._entry(name)
         if self.format == "v1":
             return  # V1 values live in table blocks, whose CRCs are checked whenever a block is read
@@ -619,7 +618,7 @@ class Bundle:
                 computed = crc32c(chunk, computed)
             self._check_crc(part, computed)
         if entry.is_string and not entry.slices:
-            self.read_strings(name)
+            self._parse_strings(entry, self._string_record(entry), check=True)
 
     def extent(self, name: str) -> tuple[str, int] | None:
         """(data file, byte offset) when the tensor is plain little-endian C-order bytes in one shard
@@ -771,7 +770,9 @@ class Bundle:
         if itemsize is not None and entry.size != declared:
             raise self._fail(f"tensor {shown} stores {entry.size} bytes, its {entry.dtype} shape {list(entry.shape)} "
                              f"needs {declared}")
-        if entry.is_string and entry.size and entry.size < entry.num_elements + 4:
+        if entry.is_string and entry.size < entry.num_elements + 4 and (entry.size or entry.num_elements > 1):
+            # TF writes >= 1 length byte per string plus a 4-byte checksum; an empty record (which TF
+            # reads as empty strings) is accepted for a scalar only, so no count can outgrow the bytes
             raise self._fail(f"tensor {shown} stores {entry.size} bytes, too few for {entry.num_elements} strings")
 
     def _match_slices(self, name: str, entry: TensorEntry, raws: tuple[_RawExtents, ...],
@@ -837,7 +838,8 @@ class Bundle:
             values = _decode(self._read_rows(entry, 0, entry.shape[0] if entry.shape else 1, whole=True), entry)
             return values if selection is Ellipsis else values[selection]
         first, stop, local = plan
-        self.verify(entry.name)
+        if self.check_crc:
+            self.verify(entry.name)
         return _decode(self._read_rows(entry, first, stop, whole=False), entry)[local]
 
     def _read_rows(self, entry: TensorEntry, first: int, stop: int, whole: bool) -> np.ndarray:
@@ -854,18 +856,23 @@ class Bundle:
         return out
 
     def _check_crc(self, entry: TensorEntry, computed: int) -> None:
-        if self.check_crc and unmask(entry.crc32c) != computed:
+        if unmask(entry.crc32c) != computed:
             raise CorruptModelError(f"tensor {printable(entry.name, 200)}: checksum mismatch in shard {entry.shard} "
                                     f"(stored {unmask(entry.crc32c):08x}, computed {computed:08x}): the data is "
                                     "damaged", file=self._shard_path(entry.shard))
         self._verified.add(entry)
 
-    def _parse_strings(self, entry: TensorEntry, data: memoryview) -> list[bytes]:
+    def _string_record(self, entry: TensorEntry) -> memoryview:
+        return memoryview(_pread(self._shard(entry), entry.size, entry.offset, self._shard_path(entry.shard),
+                                 f"tensor {printable(entry.name, 200)}"))
+
+    def _parse_strings(self, entry: TensorEntry, data: memoryview, check: bool) -> list[bytes]:
         """[varint64 length]*n, masked CRC of the lengths (as uint32, or uint64 when larger), the bytes."""
         shown = printable(entry.name, 200)
         n = entry.num_elements
         if entry.size == 0:  # TF reads nothing and leaves every element empty
-            self._check_crc(entry, 0)
+            if check:
+                self._check_crc(entry, 0)
             return [b""] * n
         lengths, pos = [], 0
         try:
@@ -881,7 +888,8 @@ class Bundle:
         pos += 4
         if sum(lengths) != len(data) - pos:
             raise self._fail(f"tensor {shown}: its strings hold {len(data) - pos} bytes, the lengths say {sum(lengths)}")
-        self._check_crc(entry, crc32c(data[pos:], crc))
+        if check:
+            self._check_crc(entry, crc32c(data[pos:], crc))
         strings = []
         for length in lengths:
             strings.append(bytes(data[pos:pos + length]))
