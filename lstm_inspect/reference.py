@@ -13,6 +13,10 @@ in float64, so that `verify` can compare it with Keras itself and the split is p
     ConvLSTM   the LSTM with `x W` a convolution (the layer's strides, padding, dilation) and `h U`
                a stride-1 'same' convolution.
 
+    LSTM extras (TF1, ONNX, TFLite, PyTorch): peepholes p_i, p_f (on c_{t-1}) and p_o (on c_t),
+               a run-time forget_bias added to f, cell_clip, projection h = (o act(c')) P + bP
+               with proj_clip; then h has the projection's size and U its rows.
+
 σ is the recurrent activation. `hard_sigmoid` has two definitions: Keras 1/2 and tf.keras
 `clip(0.2 x + 0.5, 0, 1)`, Keras 3 `relu6(x + 3) / 6`; callers choose by the producing version.
 go_backwards reads the input from the last step to the first and returns the outputs in that
@@ -170,7 +174,9 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
         x = np.moveaxis(x, 2, -1)
     steps = range(x.shape[1] - 1, -1, -1) if spec.get("go_backwards") else range(x.shape[1])
     if kind == "LSTM":
-        step, states = _lstm(blocks, units, act, rec), [np.zeros((x.shape[0], units))] * 2
+        step = _lstm(blocks, units, act, rec, spec)
+        out_size = blocks["P"].shape[1] if "P" in blocks else units
+        states = [np.zeros((x.shape[0], out_size)), np.zeros((x.shape[0], units))]
     elif kind == "GRU":
         step, states = _gru(blocks, units, act, rec, bool(spec.get("reset_after"))), \
             [np.zeros((x.shape[0], units))]
@@ -192,17 +198,32 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
     return seq, list(states)
 
 
-def _lstm(blocks, units, act, rec):
+def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
+    """The LSTM of Keras, and with the extras other frameworks store or apply: peepholes p_i, p_f,
+    p_o (on c_{t-1} for i and f, on c_t for o), a run-time forget_bias added to f, cell_clip on c,
+    a projection h = (o ⊙ act(c)) P (+ bP), clipped by proj_clip."""
     W = [_need(blocks, "W", g) for g in "ifco"]
     U = [_need(blocks, "U", g) for g in "ifco"]
     b = [_bias(blocks, "b", g, units) + _bias(blocks, "bU", g, units) for g in "ifco"]
+    b[1] = b[1] + float(spec.get("forget_bias") or 0.0)
+    peep = {g: _bias(blocks, "p", g, units) for g in "ifo"}
+    projection, projection_bias = gate(blocks, "P", ""), gate(blocks, "bP", "")
+    cell_clip, proj_clip = spec.get("cell_clip") or 0.0, spec.get("proj_clip") or 0.0
 
     def step(x, states):
         h, c = states
         z = [x @ W[k] + h @ U[k] + b[k] for k in range(4)]
-        i, f, o = rec(z[0]), rec(z[1]), rec(z[3])
+        i, f = rec(z[0] + peep["i"] * c), rec(z[1] + peep["f"] * c)
         c = f * c + i * act(z[2])
-        return [o * act(c), c]
+        if cell_clip > 0:
+            c = np.clip(c, -cell_clip, cell_clip)
+        o = rec(z[3] + peep["o"] * c)
+        h = o * act(c)
+        if projection is not None:
+            h = h @ projection + (projection_bias if projection_bias is not None else 0.0)
+            if proj_clip > 0:
+                h = np.clip(h, -proj_clip, proj_clip)
+        return [h, c]
     return step
 
 
