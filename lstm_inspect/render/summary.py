@@ -41,7 +41,9 @@ def header_line(s: dict) -> str:
         parts.append(f"backend {printable(s['backend'], 80)}")
     if s.get("model_class"):
         parts.append(printable(f"{s['model_class']} {s.get('model_name') or ''}".strip()))
-    if not s.get("has_config"):
+    if s.get("producer"):
+        parts.append(f"written by {printable(s['producer'], 120)}")
+    if not s.get("has_config") and s.get("framework", "keras") == "keras":
         parts.append("no config: layer classes inferred from weight names and shapes")
     return " · ".join(parts)
 
@@ -53,7 +55,8 @@ def totals_lines(s: dict) -> list[str]:
         f"Trainable params: {fmt_int(s['trainable_params'])}",
         f"Non-trainable params: {fmt_int(s['non_trainable_params'])}",
         f"Weights by dtype: {dtype_text}",
-    ]
+    ] + ([f"Optimizer state: {fmt_int(s['optimizer_params'])} values (not parameters, not counted above)"]
+         if s.get("optimizer_params") else [])
 
 
 def _layer_rows(layers: list[dict], depth: int = 0) -> Iterable[tuple[str, str, str, str]]:
@@ -64,16 +67,26 @@ def _layer_rows(layers: list[dict], depth: int = 0) -> Iterable[tuple[str, str, 
         yield from _layer_rows(layer.get("layers", []), depth + 1)
 
 
+_OPTIONAL_COLUMNS = (("bU", "bU"), ("p", "peephole"), ("ln", "layer norm"))
+
+
+def gate_columns(d: dict) -> list[str]:
+    """W, U, b, and a column for each optional per-gate block kind the direction has."""
+    kinds = {k.partition("_")[0] for k in d["blocks"] if "_" in k}
+    return ["Gate", "W", "U", "b"] + [title for kind, title in _OPTIONAL_COLUMNS if kind in kinds] + ["Params"]
+
+
 def _gate_rows(d: dict) -> Iterable[list[str]]:
     blocks = d["blocks"]
     gates = d["gates"] or [""]
+    kinds = {k.partition("_")[0] for k in blocks if "_" in k}
+    optional = [kind for kind, _ in _OPTIONAL_COLUMNS if kind in kinds]
     for g in gates:
         suffix = f"_{g}" if g else ""
         label = f"{g} ({GATE_MEANING[g]})" if g else "(single block)"
-        row = [label] + [fmt_block(blocks.get(f"{k}{suffix}")) for k in ("W", "U", "b")]
-        if any(k.startswith("bU") for k in blocks):
-            row.append(fmt_block(blocks.get(f"bU{suffix}")))
-        row.append(fmt_int(sum(n for k, n in d["block_params"].items() if k.endswith(suffix) or not g)))
+        row = [label] + [fmt_block(blocks.get(f"{k}{suffix}")) for k in ["W", "U", "b"] + optional]
+        row.append(fmt_int(sum(n for k, n in d["block_params"].items()
+                               if (k.endswith(suffix) and "_" in k) or not g)))
         yield row
 
 
@@ -97,6 +110,14 @@ def direction_facts(d: dict) -> list[str]:
              if d[k] is not None]
     if flags:
         facts.append(" ".join(flags))
+    if d.get("projection_size"):
+        facts.append(f"projection P {fmt_block(d['blocks'].get('P'))}: h and the output have "
+                     f"{d['projection_size']} features, the cell state {d['units']}")
+    if d.get("forget_bias") is not None:
+        facts.append(f"forget_bias {d['forget_bias']:g} added to the forget gate at run time (not stored)")
+    clips = [f"{k} {d[k]:g}" for k in ("cell_clip", "proj_clip") if d.get(k)]
+    if clips:
+        facts.append(", ".join(clips))
     return facts
 
 
@@ -129,8 +150,7 @@ def render_table(summaries: list[dict], console: "Console") -> None:
             console.print()
             console.print(Text(direction_title(d), style="bold"))
             gates = Table(box=style_box)
-            cols = ["Gate", "W", "U", "b"] + (["bU"] if any(k.startswith("bU") for k in d["blocks"]) else []) \
-                + ["Params"]
+            cols = gate_columns(d)
             for col in cols:
                 gates.add_column(col, justify="right" if col == "Params" else "left")
             for row in _gate_rows(d):
@@ -165,8 +185,7 @@ def render_markdown(summaries: list[dict]) -> str:
         out += [f"- note: {_md_cell(printable(n))}" for n in s.get("notes", [])] + [""]
         for d in s["recurrent"]:
             out += [f"### {direction_title(d)}", ""]
-            cols = ["Gate", "W", "U", "b"] + (["bU"] if any(k.startswith("bU") for k in d["blocks"]) else []) \
-                + ["Params"]
+            cols = gate_columns(d)
             out += _md_table(cols, _gate_rows(d), {len(cols) - 1})
             out += [""] + [f"- {f}" for f in direction_facts(d)]
             out += [f"- note: {_md_cell(printable(n))}" for n in d["notes"]] + [""]
