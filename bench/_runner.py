@@ -46,6 +46,8 @@ class Run:
     wall: float
     maxrss_kib: int
     rc: int
+    user: float = 0.0  # CPU seconds of the command and every process it reaped
+    sys: float = 0.0
     stdout: str = ""
     stderr: str = ""
     tree_peak_kib: int | None = None
@@ -63,6 +65,18 @@ class Series:
     @property
     def wall(self) -> float:
         return statistics.median(r.wall for r in self.runs)
+
+    @property
+    def user(self) -> float:
+        return statistics.median(r.user for r in self.runs)
+
+    @property
+    def sys(self) -> float:
+        return statistics.median(r.sys for r in self.runs)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(r.user + r.sys for r in self.runs)
 
     @property
     def rss_mib(self) -> float:
@@ -160,7 +174,7 @@ def run(argv: list[str], *, env: dict | None = None, tree: bool = False,
         if GNU_TIME:
             lines = rss.read().split()
             maxrss = int(lines[-1]) if lines and lines[-1].isdigit() else maxrss
-        return Run(wall=wall, maxrss_kib=maxrss, rc=p.returncode,
+        return Run(wall=wall, maxrss_kib=maxrss, rc=p.returncode, user=ru.ru_utime, sys=ru.ru_stime,
                    stdout=out.read().decode(errors="replace") if keep_stdout else "",
                    stderr=err.read().decode(errors="replace")[-4000:],
                    tree_peak_kib=sampler.peak if sampler else None)
