@@ -67,13 +67,13 @@ def main() -> int:
             os.sync()
         return before
 
-    rows, checks, notes = [], [], []
+    rows, checks = [], []
     try:
         cp = repeat("cp big.h5 x.h5", ["cp", str(big), str(cp_out)], a.reps, before=fresh(cp_out))
         if not cp.ok:
             print(f"cp failed: {cp.error()}")
             return 1
-        rows.append([cp.label, f"{cp.wall:.3f}", f"{cp.rss_mib:.1f}", "1.000x", "-",
+        rows.append([cp.label, f"{cp.wall:.3f}", f"{cp.user:.2f}", f"{cp.sys:.2f}", f"{cp.rss_mib:.1f}", "1.000x", "-",
                      f"{cp_out.stat().st_size / 1e6:,.1f}"])
         cp_out.unlink(missing_ok=True)
         # Second anchor: a durable copy (fsync of the output). A writer that fsyncs its output
@@ -82,7 +82,7 @@ def main() -> int:
                                                       str(big), str(cp_out)], a.sync_reps,
                      before=fresh(cp_out))
         cps_wall = cps.wall if cps.ok else None
-        rows.append([cps.label, f"{cps.wall:.3f}" if cps.ok else "ERROR",
+        rows.append([cps.label, f"{cps.wall:.3f}" if cps.ok else "ERROR", f"{cps.user:.2f}", f"{cps.sys:.2f}",
                      f"{cps.rss_mib:.1f}" if cps.ok else "-",
                      fmt_ratio(cps.wall / cp.wall) if cps.ok else "-", "1.000x" if cps.ok else "-",
                      cps.error() or f"{cp_out.stat().st_size / 1e6:,.1f}"])
@@ -93,7 +93,7 @@ def main() -> int:
         if probe.rc != 0:
             why = (probe.stderr.strip().splitlines() or ["(no stderr)"])[-1]
             msg = f"SKIPPED: `lstm-inspect split-gates --help` failed (rc={probe.rc}): {why}"
-            rows.append(["lstm-inspect split-gates", "-", "-", "-", "-", msg])
+            rows.append(["lstm-inspect split-gates", "-", "-", "-", "-", "-", "-", msg])
             checks.append(("split-gates measured (command unavailable, row skipped)", False))
         else:
             ours = repeat("lstm-inspect split-gates -o OUT.npz --force",
@@ -103,7 +103,7 @@ def main() -> int:
                 with zipfile.ZipFile(ours_out) as z:
                     n = len(z.namelist())
                 size = ours_out.stat().st_size
-                rows.append([ours.label, f"{ours.wall:.3f}", f"{ours.rss_mib:.1f}",
+                rows.append([ours.label, f"{ours.wall:.3f}", f"{ours.user:.2f}", f"{ours.sys:.2f}", f"{ours.rss_mib:.1f}",
                              fmt_ratio(ours.wall / cp.wall), sync_ratio(ours.wall),
                              f"{size / 1e6:,.1f} ({n} arrays)"])
                 checks.append((f"split-gates wall {ours.wall:.3f} s <= {WALL_X_CP} x cp "
@@ -113,23 +113,23 @@ def main() -> int:
             else:
                 err = ours.error() or f"rc=0 but {ours_out} was not written"
                 w = f"{ours.runs[-1].wall:.3f}"
-                rows.append([ours.label, f"ERROR after {w} s", "-", "-", "-", err])
+                rows.append([ours.label, f"ERROR after {w} s", "-", "-", "-", "-", "-", err])
                 checks.append((f"split-gates runs ({err})", False))
             ours_out.unlink(missing_ok=True)
 
         naive = repeat("naive h5py read-all + np.savez", [PY, "-c", NAIVE, str(big), str(naive_out)],
                        a.reps, before=fresh(naive_out))
         if naive.ok:
-            rows.append([naive.label, f"{naive.wall:.3f}", f"{naive.rss_mib:.1f}",
+            rows.append([naive.label, f"{naive.wall:.3f}", f"{naive.user:.2f}", f"{naive.sys:.2f}", f"{naive.rss_mib:.1f}",
                          fmt_ratio(naive.wall / cp.wall), sync_ratio(naive.wall),
                          f"{naive_out.stat().st_size / 1e6:,.1f}"])
         else:
-            rows.append([naive.label, "ERROR", "-", "-", "-", naive.error()])
+            rows.append([naive.label, "ERROR", "-", "-", "-", "-", "-", naive.error()])
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 
     print()
-    print(table(["command", "median wall s", "peak RSS MiB", "ratio to cp",
+    print(table(["command", "median wall s", "user s", "sys s", "peak RSS MiB", "ratio to cp",
                  "ratio to cp+sync", "output MB"], rows))
     print(f"\n({RSS_NOTE}; wall = median of {a.reps}; outputs removed)")
     print("\ntargets:")

@@ -36,11 +36,12 @@ def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdo
 
 
 def split_gates(path: str | os.PathLike, out: str | os.PathLike, patterns: tuple[str, ...] = (),
-                force: bool = False, tmp_path: str | None = None, progress: bool = False) -> dict[str, Any]:
-    """Write per-gate blocks to an .npz (see export.split_gates); returns what was written."""
+                force: bool = False, tmp_path: str | None = None, progress: bool = False,
+                source_hash: bool = True) -> dict[str, Any]:
+    """Write per-gate blocks to an .npz (see commands.split.split_gates); returns what was written."""
     from lstm_inspect.commands.split import split_gates as _split
     result = _split(path, out, patterns, force=force, tmp_path=tmp_path,
-                    progress=_progress_bar() if progress else None)
+                    progress=_progress_bar() if progress else None, source_hash=source_hash)
     return {"output": result.output, "keys": list(result.keys), "directions": list(result.directions),
             "bytes": result.bytes_written}
 

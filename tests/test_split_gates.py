@@ -2,6 +2,7 @@
 safe to load with allow_pickle=False, and cannot be escaped by hostile layer names."""
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from lstm_inspect.commands import split as export
 from lstm_inspect.cli import app
 
-from .conftest import CORPUS
+from .conftest import CORPUS, SAMPLES
 from .zoo import legacy_h5
 
 GATES = {"LSTM": "ifco", "ConvLSTM": "ifco", "GRU": "zrh", "SimpleRNN": ""}
@@ -175,6 +176,19 @@ def test_layer_filter_and_meta(zoo_keras3, tmp_path):
     assert result.exit_code == 2
     assert "no recurrent layer matches" in result.stderr
     assert not (tmp_path / "n.npz").exists()
+
+
+def test_no_source_hash_leaves_the_blocks_and_drops_the_hash(tmp_path):
+    sample = SAMPLES / "lstm_classifier.h5"
+    hashed = split(str(sample), tmp_path / "h.npz")
+    plain = split(str(sample), tmp_path / "p.npz", "--no-source-hash")
+    assert json.loads(str(hashed["__meta__"]))["source"]["sha256"] == \
+        hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert json.loads(str(plain["__meta__"]))["source"]["sha256"] is None
+    assert sorted(hashed) == sorted(plain)
+    for key in hashed:
+        if key != "__meta__":
+            assert hashed[key].tobytes() == plain[key].tobytes()
 
 
 # --- output safety -------------------------------------------------------------------------------

@@ -208,11 +208,13 @@ def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
 
 def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),
                 force: bool = False, progress: ProgressFn | None = None,
-                tmp_path: str | None = None) -> SplitResult:
+                tmp_path: str | None = None, source_hash: bool = True) -> SplitResult:
     """Write every selected direction's per-gate blocks to `out` (.npz), atomically.
 
     With `tmp_path` the caller owns the temporary file (the guarded CLI: the child writes it, the
     parent renames it); otherwise this function creates it beside `out` and renames it itself.
+    `source_hash=False` records no sha256 of the source in `__meta__` (it is the largest CPU cost
+    of splitting a big file: about 1 s per GB here).
     """
     with open_model(model_path) as model:
         dirs = select(directions(model), patterns)
@@ -222,11 +224,12 @@ def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns:
         it = iter(flat)
         keys = {d.path: [next(it) for _ in d.blocks] for d in dirs}
         # Hash the source on the other core while the blocks are copied (hashlib drops the GIL).
-        digest = _background(file_sha256, str(model_path))
+        hashed = source_hash and Path(model_path).is_file()
+        digest = _background(file_sha256, str(model_path)) if hashed else (lambda: None)
         state = {"done": False}
 
         def meta_text() -> str:
-            sha = digest() if state["done"] else ("0" * 64 if Path(model_path).is_file() else None)
+            sha = digest() if state["done"] else ("0" * 64 if hashed else None)
             state["done"] = True
             return json.dumps(metadata(model, dirs, keys, str(model_path), sha), indent=1)
 
