@@ -81,26 +81,42 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def _e4m3fn_bits(code: int) -> int:
+    """float8_e4m3fn (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities,
+    S.1111.111 is NaN) to float32 bits, as c10's fp8e4m3fn_to_fp32_value computes them (so NaNs
+    keep torch's exact bits)."""
+    w = code << 24
+    sign, nonsign = w & 0x80000000, w & 0x7FFFFFFF
+    if nonsign == 0:
+        return sign
+    shift = 32 - nonsign.bit_length()
+    shift = shift - 4 if shift > 4 else 0
+    carried = nonsign + 0x01000000
+    inf_nan = ((carried - (1 << 32) if carried >= 1 << 31 else carried) >> 8) & 0x7F800000
+    return (sign | ((((nonsign << shift) & 0xFFFFFFFF) >> 4) + ((0x78 - shift) << 23) | inf_nan)) & 0xFFFFFFFF
+
+
 def _e4m3fn_table() -> np.ndarray:
-    """float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities, S.1111.111 is NaN."""
-    codes = np.arange(256)
-    sign = np.where(codes & 0x80, -1.0, 1.0)
-    exponent, mantissa = (codes >> 3) & 0xF, codes & 0x7
-    values = np.where(exponent == 0, mantissa / 8.0 * 2.0 ** -6, (1 + mantissa / 8.0) * 2.0 ** (exponent - 7.0))
-    values = sign * values
-    values[(codes & 0x7F) == 0x7F] = np.nan
-    return values.astype(np.float32)
+    return np.array([_e4m3fn_bits(code) for code in range(256)], dtype=np.uint32).view(np.float32)
 
 
-_E4M3FN = _e4m3fn_table()
+def _e5m2_table() -> np.ndarray:
+    """float8_e5m2 is the upper byte of a float16. torch widens through float32 arithmetic, which
+    quiets signalling NaNs: the quiet bit is set here the same way, so NaNs match torch's bits."""
+    bits = (np.arange(256, dtype=np.uint16) << 8).view(np.float16).astype(np.float32).view(np.uint32)
+    bits[np.isnan(bits.view(np.float32))] |= 0x00400000
+    return bits.view(np.float32)
+
+
+_E4M3FN, _E5M2 = _e4m3fn_table(), _e5m2_table()
 
 
 def _decode(raw: np.ndarray, dtype: _DType) -> np.ndarray:
     """Stored values (a native-order copy) to what read() returns; every conversion is exact."""
     if dtype.name == "bfloat16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
-    if dtype.name == "float8_e5m2":  # the upper byte of a float16
-        return (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    if dtype.name == "float8_e5m2":
+        return _E5M2[raw]
     if dtype.name == "float8_e4m3fn":
         return _E4M3FN[raw]
     return raw

@@ -716,15 +716,17 @@ class PickleMachine:
         return ObjectStandIn(cls.module, cls.name, args=args + extra)
 
     def _build(self, target: Any, state: Any) -> None:
-        """BUILD: only stand-ins keep a state; a few whitelisted results accept theirs as plain data."""
-        origin = self._describe(target)
-        self._check_state(origin, state)
-        if type(target) is ObjectStandIn:
+        """BUILD: a stand-in records its state; a few whitelisted results accept theirs, checked, as
+        plain data (a real unpickler would set those attributes, so special names are refused)."""
+        if type(target) is ObjectStandIn:  # recorded as data: any attribute name is just a name here
             if isinstance(target.state, dict) and isinstance(state, dict):
                 target.state.update(state)
             else:
                 target.state = state
-        elif self._origin.get(id(target)) == "argparse.Namespace" and type(target) is dict:
+            return
+        origin = self._describe(target)
+        self._check_state(origin, state)
+        if self._origin.get(id(target)) == "argparse.Namespace" and type(target) is dict:
             if not isinstance(state, dict):
                 self._fail("the state of an argparse.Namespace is not a dict")
             target.update(state)
@@ -770,7 +772,7 @@ class PickleMachine:
             raise UnsupportedDialectError(f"{origin}: a tensor with negative strides")
         tensor = self.make_tensor(storage, offset, size, stride, dtype)
         self.tensor_types.add(type(tensor))
-        return self._remember(tensor, "a tensor")
+        return self._remember(tensor, origin)
 
     def call_rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
         return self._tensor(storage, offset, size, stride, None, "torch._utils._rebuild_tensor")
