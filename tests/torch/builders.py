@@ -296,27 +296,47 @@ def touch_canary(folder: str) -> None:
     Path(folder, CANARY).write_text("called")
 
 
-def evil_payloads(folder: Path) -> dict[str, tuple[Callable[[int], bytes], str]]:
-    """name → (protocol → pickle bytes, the global the refusal must name)."""
+def storage_pid(key: str, numel: int, legacy: bool) -> tuple:
+    """torch's persistent id of a float32 storage: the legacy one adds the view (None)."""
+    return ("storage", torch.FloatStorage, key, "cpu", numel) + ((None,) if legacy else ())
+
+
+def evil_payloads(folder: Path, legacy: bool = False) -> dict[str, tuple[Any, str]]:
+    """name → (an object that pickles into a hostile pickle, the global the refusal must name)."""
     canary = str(folder / CANARY)
+    tensor = (torch._utils._rebuild_tensor_v2,
+              (StorageId(storage_pid("0", 4, legacy)), 0, (4,), (1,), False, collections.OrderedDict()))
     return {
-        "os-system": (lambda p: pickle.dumps(Reduce(os.system, (f"touch {canary}",)), p), "posix.system"),
-        "builtins-exec": (lambda p: pickle.dumps(Reduce(exec, (f"open({canary!r}, 'w')",)), p), "builtins.exec"),
-        "builtins-eval": (lambda p: pickle.dumps(Reduce(eval, (f"open({canary!r}, 'w')",)), p), "builtins.eval"),
-        "subprocess-popen": (lambda p: pickle.dumps(Reduce(__import__("subprocess").Popen, (["touch", canary],)),
-                                                    p), "subprocess.Popen"),
-        "importlib": (lambda p: pickle.dumps(Reduce(__import__("importlib").import_module, ("os",)), p),
-                      "importlib.import_module"),
-        "arbitrary-callable": (lambda p: pickle.dumps(Reduce(touch_canary, (str(folder),)), p),
-                               "tests.torch.builders.touch_canary"),
-        "getattr-chain": (lambda p: pickle.dumps(Reduce(getattr, (os, "system")), p), "builtins.getattr"),
-        "build-dangerous-state": (lambda p: pickle.dumps(
-            Reduce(collections.OrderedDict, (), {"_metadata": Reduce(os.system, (f"touch {canary}",))}), p),
-            "posix.system"),
-        "build-dunder-state": (lambda p: pickle.dumps(
-            Reduce(collections.OrderedDict, (), {"__setstate__": touch_canary}), p), "collections.OrderedDict"),
-        "build-tensor-dunder-state": (lambda p: dumps(Reduce(
-            torch._utils._rebuild_tensor_v2, (StorageId(("storage", torch.FloatStorage, "0", "cpu", 4)), 0, (4,),
-                                              (1,), False, collections.OrderedDict()),
-            {"__reduce_ex__": touch_canary}), p), "torch._utils._rebuild_tensor_v2"),
+        "os-system": (Reduce(os.system, (f"touch {canary}",)), "posix.system"),
+        "builtins-exec": (Reduce(exec, (f"open({canary!r}, 'w')",)), "builtins.exec"),
+        "builtins-eval": (Reduce(eval, (f"open({canary!r}, 'w')",)), "builtins.eval"),
+        "subprocess-popen": (Reduce(__import__("subprocess").Popen, (["touch", canary],)), "subprocess.Popen"),
+        "importlib": (Reduce(__import__("importlib").import_module, ("os",)), "importlib.import_module"),
+        "arbitrary-callable": (Reduce(touch_canary, (str(folder),)), "tests.torch.builders.touch_canary"),
+        "builtins-getattr": (Reduce(getattr, (collections.OrderedDict, "fromkeys")), "builtins.getattr"),
+        "build-dangerous-state": (Reduce(collections.OrderedDict, (),
+                                         {"_metadata": Reduce(os.system, (f"touch {canary}",))}), "posix.system"),
+        "build-dunder-state": (Reduce(collections.OrderedDict, (), {"__setstate__": touch_canary}),
+                               "collections.OrderedDict"),
+        "build-tensor-dunder-state": (Reduce(*tensor, {"__reduce_ex__": touch_canary}),
+                                      "torch._utils._rebuild_tensor_v2"),
     }
+
+
+EVIL_CONTAINERS = ("zip", "legacy", "zip-nested", "legacy-nested")
+
+
+def evil_file(folder: Path, container: str, name: str, protocol: int) -> tuple[Path, str]:
+    """A .pt whose pickle holds payload `name`: as the whole object, or inside a real state dict."""
+    legacy = container.startswith("legacy")
+    payload, refused = evil_payloads(folder, legacy)[name]
+    if container.endswith("nested"):
+        weight = tensor_v2(storage_pid("0", 4, legacy), 0, (4,), (1,))
+        payload = collections.OrderedDict([("weight", weight), ("evil", payload), ("bias", weight)])
+    pickled = dumps(payload, protocol)
+    path = folder / f"{name}-{container}-p{protocol}.pt"
+    if not legacy:
+        zip_with_pickle(path, pickled, {"0": np.arange(4, dtype=np.float32).tobytes()})
+    else:
+        path.write_bytes(legacy_stream(pickled, [("0", np.arange(4, dtype=np.float32).tobytes(), 4)]))
+    return path, refused

@@ -31,6 +31,7 @@ number of paths through shared objects of the finished tree (`check_tree`, itera
 """
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import struct
 from collections import OrderedDict
@@ -117,9 +118,8 @@ MakeTensor = Callable[[Any, int, tuple, tuple, "str | None"], Any]
 # Which globals exist for us
 
 
-# Python 2 and old-torch module names, mapped as pickle's fix_imports and torch.load do.
-_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "torch.tensor": "torch._tensor",
-                   "numpy._core.multiarray": "numpy.core.multiarray"}
+# Module names torch.load maps (torch's own renames; NumPy 2's new name for the same module).
+_MODULE_ALIASES = {"torch.tensor": "torch._tensor", "numpy._core.multiarray": "numpy.core.multiarray"}
 
 # Modules that exist to run code, reach the system or load more pickles: refused when named.
 _DANGEROUS_MODULES = frozenset({
@@ -156,8 +156,18 @@ _NUMPY_SCALAR_CODES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4",
                                  "uint32", "uint64", "float16", "float32", "float64", "complex64", "complex128"})
 
 
-def resolve_global(module: str, name: str) -> GlobalRef:
-    """The inert reference for a global, or UnsafeModelError when the global exists to run code."""
+def resolve_global(module: str, name: str, protocol: int = 3) -> GlobalRef:
+    """The inert reference for a global, or UnsafeModelError when the global exists to run code.
+
+    Pickles of protocol < 3 name Python 2 modules (`__builtin__.set`, `copy_reg._reconstructor`,
+    `commands.Popen`): they are mapped to Python 3 names as pickle's `fix_imports` (and so torch.load)
+    does, so that what is checked and reported is what an unpickler would import.
+    """
+    if protocol < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     module = _MODULE_ALIASES.get(module, module)
     qualname = f"{module}.{name}"
     top = module.split(".", 1)[0]
@@ -217,6 +227,7 @@ class PickleMachine:
         self.memo: dict[int, Any] = {}
         self.persistent_load = persistent_load
         self.pos = pos
+        self.protocol = 0  # until a PROTO opcode says otherwise, as in pickle itself
         data, dispatch, max_objects = self.data, self._dispatch, self.limits.max_objects
         op_start = pos
         try:
@@ -370,6 +381,7 @@ class PickleMachine:
         version = self._read(1)[0]
         if version > 5:
             raise UnsupportedDialectError(f"{self.what} uses pickle protocol {version}, newer than 5")
+        self.protocol = version
 
     def op_frame(self) -> None:
         size = self._unpack(_Q)
@@ -622,13 +634,13 @@ class PickleMachine:
     def op_global(self) -> None:
         module = self._text(self._readline(4096), "a module name")
         name = self._text(self._readline(4096), "a global name")
-        self.stack.append(resolve_global(module, name))
+        self.stack.append(resolve_global(module, name, self.protocol))
 
     def op_stack_global(self) -> None:
         name, module = self.stack.pop(), self.stack.pop()
         if type(module) is not str or type(name) is not str:
             self._fail("STACK_GLOBAL needs two strings")
-        self.stack.append(resolve_global(module, name))
+        self.stack.append(resolve_global(module, name, self.protocol))
 
     def op_persid(self) -> None:
         self._persistent(self._text(self._readline(4096), "a persistent id"))
@@ -662,7 +674,7 @@ class PickleMachine:
     def op_inst(self) -> None:
         module = self._text(self._readline(4096), "a module name")
         name = self._text(self._readline(4096), "a class name")
-        cls = resolve_global(module, name)
+        cls = resolve_global(module, name, self.protocol)
         args = tuple(self._pop_mark())
         self.stack.append(self._instantiate(cls, args))
 
