@@ -621,7 +621,7 @@ class _ZipArchive:
         data = safety.read_member(self.zf, full, self.limits)
         machine = PickleMachine(data, what=name, limits=pickle_limits, make_tensor=self.tensors.make_tensor)
         value, _end = machine.load(0, self.persistent_load(folder))
-        check_tree(value, pickle_limits, name)
+        check_tree(value, pickle_limits, name, machine.objects)
         return value
 
 
@@ -844,7 +844,7 @@ def _read_legacy(f: _OpenFile, limits: Limits, pickle_limits: PickleLimits, clos
             raise UnsafeModelError(f"the pickles of this legacy file are over the "
                                    f"{pickle_limits.max_pickle_bytes}-byte limit") from None
         raise
-    check_tree(tree, pickle_limits, "the legacy pickle")
+    check_tree(tree, pickle_limits, "the legacy pickle", machine.objects)
     storages.locate(keys, pos)
     metadata: dict[str, Any] = {"protocol_version": protocol}
     if isinstance(sys_info, dict):

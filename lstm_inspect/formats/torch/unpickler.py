@@ -51,7 +51,7 @@ class PickleLimits:
     """Budgets for one pickle stream. Defaults are generous for real checkpoints; tests pass smaller ones."""
 
     max_pickle_bytes: int = 64 * MiB  # one data.pkl, or the pickles at the head of a legacy file
-    max_objects: int = 5_000_000  # opcodes run + items built by whitelisted constructors
+    max_objects: int = 2_000_000  # opcodes run + items built by whitelisted constructors
     max_memo: int = 1_000_000  # memo entries, and the largest memo index
     max_depth: int = 200  # nesting of the finished tree
     max_string_bytes: int = 32 * MiB  # one str, bytes or bytearray
@@ -329,11 +329,9 @@ class PickleMachine:
         return idx
 
     def _put(self, idx: int) -> None:
-        self._memo_index(idx)
+        self._memo_index(idx)  # so the memo never holds more than max_memo entries either
         if not self.stack:
             self._fail("PUT with an empty stack")
-        if idx not in self.memo and len(self.memo) >= self.limits.max_memo:
-            raise UnsafeModelError(f"{self.what} memoizes more than {self.limits.max_memo} objects (refused)")
         self.memo[idx] = self.stack[-1]
 
     def _get(self, idx: int) -> None:
@@ -1096,25 +1094,31 @@ def _dispatch_table(machine: PickleMachine) -> list[Callable[[], None] | None]:
 # The finished tree
 
 
+_NESTED_KEYS = (tuple, frozenset)  # hashable containers a key or set item can be
+
+
 def children(node: Any) -> list | tuple | None:
-    """The values a plain-data node holds (dict keys that are tuples included); None for a leaf."""
+    """The values a plain-data node holds (keys and set items that are containers included); None
+    for a leaf."""
     kind = type(node)
     if kind is dict or kind is OrderedDict:
-        keys = [k for k in node if type(k) is tuple]
+        keys = [k for k in node if type(k) in _NESTED_KEYS]
         return keys + list(node.values()) if keys else list(node.values())
     if kind is list or kind is tuple:
         return node
     if kind is set or kind is frozenset:
-        return [k for k in node if type(k) is tuple]
+        return [k for k in node if type(k) in _NESTED_KEYS]
     if kind is ObjectStandIn:
         return [node.state, node.args, node.items, node.list_items]
     return None
 
 
-def check_tree(root: Any, limits: PickleLimits, what: str) -> None:
+def check_tree(root: Any, limits: PickleLimits, what: str, built: int) -> None:
     """Refuse a tree nested deeper than the limit, holding a reference cycle, or whose shared
-    objects multiply the paths through it (billion laughs): every later walk is then bounded."""
-    budget = limits.max_objects
+    objects multiply the paths through it (billion laughs): a walk may visit a few times the
+    `built` objects (some are shared on purpose: TorchScript lists each weight twice), no more.
+    Every later walk of the tree is then bounded."""
+    budget = min(limits.max_objects, 4 * built + 10_000)
     on_path: set[int] = set()
     stack: list[tuple[Any, int, bool]] = [(root, 0, False)]
     while stack:
@@ -1131,7 +1135,7 @@ def check_tree(root: Any, limits: PickleLimits, what: str) -> None:
             raise UnsupportedDialectError(f"{what} holds a reference cycle (an object that contains itself)")
         budget -= len(items) + 1
         if budget < 0:
-            raise UnsafeModelError(f"{what} reaches more than {limits.max_objects} objects through shared "
+            raise UnsafeModelError(f"{what} reaches its {built} objects through far more paths of shared "
                                    "references (refused: a pickle bomb?)")
         on_path.add(id(node))
         stack.append((node, depth, True))
