@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import struct
 import time
 import tracemalloc
@@ -26,6 +27,7 @@ from lstm_inspect.safety import Limits
 
 from . import builders
 
+EXAMPLES = int(os.environ.get("TORCH_HYPOTHESIS_EXAMPLES", "0"))  # set to explore more
 SETTINGS = {"deadline": None, "derandomize": True, "database": None, "print_blob": True,
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
                                       HealthCheck.function_scoped_fixture]}
@@ -323,6 +325,32 @@ def test_truncated_zip_at_every_offset(small_zip: Path, tmp_path: Path) -> None:
     assert _all_prefixes_fail(data, tmp_path / "cut.pt") == []
 
 
+@pytest.mark.parametrize("seed", ["zip", "torchscript"])
+def test_damaged_zip_directory_at_every_byte(small_zip: Path, tmp_path: Path, seed: str) -> None:
+    """Every byte of the central directory and its end record set to 0x00, 0xFF and flipped (sizes,
+    offsets, name lengths...), and bytes cut or added before the members (zipfile then shifts every
+    offset, some below zero): a typed error or a sound read. TorchScript puts storages first."""
+    if seed == "torchscript":
+        torch.manual_seed(8)
+        small_zip = builders.save_script(torch.nn.RNNCell(2, 2), tmp_path / "script.pt")
+    data = small_zip.read_bytes()
+    start = data.find(b"PK\x01\x02")
+    variants = {f"{at}={value:#x}": data[:at] + bytes([value]) + data[at + 1:] for at in range(start, len(data))
+                for value in {0x00, 0xFF, data[at] ^ 0x80} - {data[at]}}
+    variants.update({f"cut {n}": data[:10] + data[10 + n:] for n in range(1, 80)})
+    variants.update({f"add {n}": data[:10] + bytes(n) + data[10:] for n in (1, 8, 64)})
+    target, problems = tmp_path / "damaged.pt", []
+    for name, variant in variants.items():
+        target.write_bytes(variant)
+        try:
+            read_everything(target)
+        except InspectError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert problems == []
+
+
 def test_truncated_data_pkl_at_every_offset(small_zip: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(small_zip) as zf:
         data_pkl = zf.read("cell/data.pkl")
@@ -398,7 +426,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             "zip-path": str(zipped).encode()}
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=EXAMPLES or 150, **SETTINGS)
 @given(data=st.data())
 def test_random_damage_of_files(seeds: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
     kind = data.draw(st.sampled_from(["legacy", "whole-legacy", "safetensors", "zip"]))
@@ -408,7 +436,7 @@ def test_random_damage_of_files(seeds: dict[str, bytes], tmp_path: Path, data: s
     _only_typed(path)
 
 
-@settings(max_examples=250, **SETTINGS)
+@settings(max_examples=EXAMPLES or 250, **SETTINGS)
 @given(data=st.data())
 def test_random_damage_of_data_pkl(seeds: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
     """The zip stays valid (CRCs recomputed): the damage reaches the pickle interpreter."""
@@ -421,7 +449,7 @@ OPCODE_BYTES = b"(.012NIFJKMLGSTUBCXVa]el}dsutp)\x85\x86\x87hgjqrbc\x80\x81\x88\
     b"\x92\x93\x94\x95\x96Q\x97R"
 
 
-@settings(max_examples=400, **SETTINGS)
+@settings(max_examples=EXAMPLES or 400, **SETTINGS)
 @given(body=st.lists(st.one_of(st.sampled_from(list(OPCODE_BYTES)), st.integers(0, 255)), max_size=80))
 def test_opcode_soup(body: list[int]) -> None:
     """Random opcode sequences straight into the interpreter: a value or a typed error."""

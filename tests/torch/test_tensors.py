@@ -269,6 +269,29 @@ def test_not_a_model_other_containers(tmp_path: Path) -> None:
         read_torch(tar)
 
 
+def test_old_dialects_are_named(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:  # torch < 0.4 wrote this
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    with pytest.raises(UnsupportedDialectError, match="pre-0.4 tar format"):
+        read_torch(tmp_path / "old.pt")
+    with zipfile.ZipFile(tmp_path / "old_script.pt", "w") as zf:
+        zf.writestr("model/model.json", "{}")
+        zf.writestr("model/attributes.pkl", b"\x80\x02).")
+    with pytest.raises(UnsupportedDialectError, match="torch < 1.4"):
+        read_torch(tmp_path / "old_script.pt")
+    torch.export.save(torch.export.export(torch.nn.LSTM(3, 4), (torch.randn(5, 2, 3),)), tmp_path / "p.pt2")
+    with pytest.raises(UnsupportedDialectError, match="torch.export"):
+        read_torch(tmp_path / "p.pt2")
+
+
 def test_unsupported_tensors_are_named(tmp_path: Path) -> None:
     path = builders.save({"q": torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)}, tmp_path / "q.pt")
     with pytest.raises(UnsupportedDialectError, match="QInt8Storage.*quantized"):

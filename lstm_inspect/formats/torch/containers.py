@@ -170,6 +170,8 @@ class _OpenFile:
         return b"".join(parts)
 
     def pread_exact(self, n: int, offset: int, what: str) -> bytes:
+        if offset < 0 or n < 0:  # a damaged zip directory can put a member before the file's start
+            raise CorruptModelError(f"{what} lies before the start of the file (offset {offset})")
         data = self.pread(n, offset)
         if len(data) != n:
             raise CorruptModelError(f"{what} runs past the end of the file (needs {n} bytes at offset {offset})")
@@ -222,7 +224,7 @@ class _Storage:
         if info.file_size <= _CRC_CHECK_LIMIT:
             crc, position, end = 0, self.offset, self.offset + info.file_size  # type: ignore[operator]
             while position < end:
-                chunk = self.file.pread_exact(min(1 << 20, end - position), position, f"zip member {info.filename}")
+                chunk = self.file.pread_exact(min(1 << 20, end - position), position, f"zip member {printable(info.filename, 200)}")
                 crc, position = zlib.crc32(chunk, crc), position + len(chunk)
             if crc != info.CRC:
                 raise CorruptModelError(f"zip member '{printable(info.filename, 200)}' is damaged (its CRC-32 "
@@ -250,7 +252,7 @@ class TensorRef:
     stride: tuple[int, ...]
     storage_offset: int
     storage_key: str
-    _storage: _Storage = field(repr=False, compare=False)
+    _storage: _Storage = field(repr=False)  # equal refs: the same bytes of the same open file
 
     @property
     def numel(self) -> int:
@@ -454,6 +456,9 @@ def _sniff(head: bytes, size: int) -> str:
                              "lstm-inspect never loads arbitrary pickles")
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
         return "safetensors"
+    if head[257:262] == b"ustar" and head.startswith(b"sys_info\0"):
+        raise UnsupportedDialectError("PyTorch's pre-0.4 tar format (sys_info, storages, tensors, pickle), "
+                                      "which lstm-inspect does not read")
     raise NotAModelError(_not_torch_message(head))
 
 
@@ -475,7 +480,7 @@ def _not_torch_message(head: bytes) -> str:
     if _is_text(head) and _PYTHON_LINE.search(head):
         return "is Python source code, not a saved PyTorch model"
     if head[257:262] == b"ustar":
-        return "is a tar archive (PyTorch's pre-0.4 tar format is not supported)"
+        return "is a tar archive, not a PyTorch file"
     if head.startswith(safety.HDF5_SIGNATURE):
         return "is an HDF5 file (a Keras model?), not a PyTorch file"
     preview = " ".join(f"{b:02x}" for b in head[:8])
@@ -571,9 +576,9 @@ class _ZipArchive:
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where a stored member's bytes start, from its local header, checked against its neighbours."""
-        header = self.f.pread_exact(30, info.header_offset, f"the local header of {info.filename}")
+        header = self.f.pread_exact(30, info.header_offset, f"the local header of {printable(info.filename, 200)}")
         signature, name_len, extra_len = header[:4], *struct.unpack("<HH", header[26:30])
-        name = self.f.pread(name_len, info.header_offset + 30)
+        name = self.f.pread_exact(name_len, info.header_offset + 30, f"the local header of {printable(info.filename, 200)}")
         expected = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         if signature != b"PK\x03\x04" or name != expected:
             raise CorruptModelError(f"zip member '{printable(info.filename, 200)}' has a bad local header")
@@ -660,6 +665,11 @@ def _read_zip(f: _OpenFile, limits: Limits, pickle_limits: PickleLimits, closers
 def _archive_prefix(zf: zipfile.ZipFile) -> str:
     """The archive folder (`<name>/`): torch.save uses the file's stem, but any name is valid."""
     found = [n[:-len("data.pkl")] for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not found and any(n.endswith("/archive_format") and n.count("/") == 1 for n in zf.namelist()):
+        raise UnsupportedDialectError("a torch.export program archive (.pt2), which lstm-inspect does not read")
+    if not found and any(n.endswith("/model.json") and n.count("/") == 1 for n in zf.namelist()):
+        raise UnsupportedDialectError("a TorchScript archive of torch < 1.4 (model.json), which lstm-inspect "
+                                      "does not read; re-save it with a newer torch")
     if not found:
         hint = " (it looks like a Keras .keras archive)" if "config.json" in zf.namelist() else ""
         raise NotAModelError(f"a zip archive, but not a PyTorch file: no <archive>/data.pkl{hint}")

@@ -191,13 +191,6 @@ class _Stop(Exception):
     pass
 
 
-def load_pickle(data: bytes | memoryview, *, what: str, limits: PickleLimits = DEFAULT_PICKLE_LIMITS,
-                persistent_load: PersistentLoad | None = None, make_tensor: MakeTensor | None = None) -> Any:
-    """The object of the single pickle in `data` (trailing bytes are ignored, as torch does)."""
-    value, _end = PickleMachine(data, what=what, limits=limits, make_tensor=make_tensor).load(0, persistent_load)
-    return value
-
-
 class PickleMachine:
     """Interprets the pickles of one stream; several pickles in a row (the legacy format) share the
     object budget. `what` names the stream in messages ("data.pkl")."""
