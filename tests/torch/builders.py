@@ -20,7 +20,7 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -26,7 +26,7 @@ class Saved:
     layout: str
 
 
-def _save(module: nn.Module, layout: str, path: Path) -> Path:
+def save_layout(module: nn.Module, layout: str, path: Path) -> Path:
     sd = module.state_dict()
     if layout == "zip":
         return builders.save(sd, path)
@@ -57,7 +57,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Saved
     for name, module in modules.items():
         for layout in LAYOUTS:
             suffix = ".safetensors" if layout == "safetensors" else ".pt"
-            out[(name, layout)] = Saved(_save(module, layout, folder / f"{name}-{layout}{suffix}"), module, layout)
+            path = save_layout(module, layout, folder / f"{name}-{layout}{suffix}")
+            out[(name, layout)] = Saved(path, module, layout)
     return out
 
 

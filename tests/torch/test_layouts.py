@@ -2,6 +2,8 @@
 own loaders give them (torch.load(weights_only=True), torch.jit.load, safetensors), bit for bit."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,10 +11,10 @@ from lstm_inspect.formats.torch.containers import read_torch
 from lstm_inspect.formats.torch.state import find_model_state
 
 from . import truth
-from .conftest import LAYOUTS, MODULES
+from .conftest import LAYOUTS, MODULES, Saved, save_layout
 
 
-def _truth(saved) -> dict[str, torch.Tensor]:
+def _truth(saved: Saved) -> dict[str, torch.Tensor]:
     layout, path = saved.layout, saved.path
     if layout == "safetensors":
         return truth.safetensors_state_dict(path)
@@ -84,3 +86,20 @@ def test_extent_points_at_the_bytes(zoo, layout: str) -> None:
             path, offset = ref.extent
             assert path == str(saved.path)
             assert data[offset:offset + ref.nbytes] == ref.read().tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("layout", ["zip", "legacy", "safetensors", "whole-zip"])
+def test_reduced_precision_models(tmp_path: Path, dtype: torch.dtype, layout: str) -> None:
+    """Models cast with .half() / .bfloat16() / .double(): dtype names and exact values."""
+    torch.manual_seed(9)
+    module = torch.nn.GRU(5, 6, num_layers=2, bidirectional=True).to(dtype)
+    suffix = ".safetensors" if layout == "safetensors" else ".pt"
+    saved = Saved(save_layout(module, layout, tmp_path / f"m{suffix}"), module, layout)
+    expected = _truth(saved)
+    with read_torch(saved.path) as tf:
+        state = find_model_state(tf)
+        assert sorted(state.state_dict) == sorted(expected)
+        for key, tensor in expected.items():
+            assert tensor.dtype == dtype
+            truth.assert_same_tensor(state.state_dict[key], tensor, where=key)

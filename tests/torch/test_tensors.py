@@ -28,7 +28,8 @@ def layouts_dict() -> dict[str, torch.Tensor]:
     return {
         "base": base, "transposed": base.T, "strided": base[1:3, ::2], "flat_slice": base.view(-1)[5:9],
         "broadcast": torch.ones(3, 1).expand(3, 4), "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4),
-        "shared_a": shared, "shared_b": shared[2:], "column": base[:, 3], "permuted": torch.randn(2, 3, 4).permute(2, 0, 1),
+        "shared_a": shared, "shared_b": shared[2:], "column": base[:, 3],
+        "permuted": torch.randn(2, 3, 4).permute(2, 0, 1),
     }
 
 
@@ -41,7 +42,8 @@ def dtypes_dict() -> dict[str, torch.Tensor]:
         "f8e4m3": x.to(torch.float8_e4m3fn), "f8e5m2": x.to(torch.float8_e5m2),
         "f8e4m3_all": torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn),
         "f8e5m2_all": torch.arange(256, dtype=torch.uint8).view(torch.float8_e5m2),
-        "i64": torch.arange(-5, 5), "i32": torch.arange(7, dtype=torch.int32), "i16": torch.arange(4, dtype=torch.int16),
+        "i64": torch.arange(-5, 5), "i32": torch.arange(7, dtype=torch.int32),
+        "i16": torch.arange(4, dtype=torch.int16),
         "i8": torch.tensor([-128, 0, 127], dtype=torch.int8), "u8": torch.tensor([0, 255], dtype=torch.uint8),
         "bool": torch.tensor([True, False, True]), "c64": torch.randn(3, dtype=torch.complex64),
         "c128": torch.randn(2, dtype=torch.complex128), "f16_t": x.half().T,
@@ -157,7 +159,8 @@ def test_py2_module_pickle_matches_torch(tmp_path: Path) -> None:
     id, OrderedDict from [key, value] pairs, _rebuild_tensor v1, Parameter REDUCE + BUILD, CUDA
     storages): torch's full unpickler on the same bytes is the truth."""
     rng = np.random.default_rng(5)
-    params = {"weight": rng.standard_normal((3, 4)).astype(np.float32), "bias": rng.standard_normal(3).astype(np.float32)}
+    params = {"weight": rng.standard_normal((3, 4)).astype(np.float32),
+              "bias": rng.standard_normal(3).astype(np.float32)}
     path = builders.py2_module_file(tmp_path / "linear2017.pt", "torch.nn.modules.linear", "Linear", params,
                                     {"in_features": 4, "out_features": 3, "training": True}, backend=False)
     module = truth.load_trusted(path)

@@ -223,8 +223,9 @@ class _Storage:
         _zf, info = self.member  # type: ignore[misc]
         if info.file_size <= _CRC_CHECK_LIMIT:
             crc, position, end = 0, self.offset, self.offset + info.file_size  # type: ignore[operator]
+            what = f"zip member {printable(info.filename, 200)}"
             while position < end:
-                chunk = self.file.pread_exact(min(1 << 20, end - position), position, f"zip member {printable(info.filename, 200)}")
+                chunk = self.file.pread_exact(min(1 << 20, end - position), position, what)
                 crc, position = zlib.crc32(chunk, crc), position + len(chunk)
             if crc != info.CRC:
                 raise CorruptModelError(f"zip member '{printable(info.filename, 200)}' is damaged (its CRC-32 "
@@ -576,9 +577,10 @@ class _ZipArchive:
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
         """Where a stored member's bytes start, from its local header, checked against its neighbours."""
-        header = self.f.pread_exact(30, info.header_offset, f"the local header of {printable(info.filename, 200)}")
+        what = f"the local header of {printable(info.filename, 200)}"
+        header = self.f.pread_exact(30, info.header_offset, what)
         signature, name_len, extra_len = header[:4], *struct.unpack("<HH", header[26:30])
-        name = self.f.pread_exact(name_len, info.header_offset + 30, f"the local header of {printable(info.filename, 200)}")
+        name = self.f.pread_exact(name_len, info.header_offset + 30, what)
         expected = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         if signature != b"PK\x03\x04" or name != expected:
             raise CorruptModelError(f"zip member '{printable(info.filename, 200)}' has a bad local header")
