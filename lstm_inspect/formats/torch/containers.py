@@ -527,27 +527,21 @@ def _name_of(obj: Any) -> str:
     return printable(obj.qualname, 200) if isinstance(obj, (GlobalRef, ObjectStandIn)) else f"a {type(obj).__name__}"
 
 
-class _Tensors:
-    """Turns storages and rebuild arguments into TensorRefs; shared by every container."""
-
-    def __init__(self, file: _OpenFile, limits: Limits) -> None:
-        self.file, self.limits = file, limits
-
-    def make_tensor(self, view: Any, offset: int, size: tuple, stride: tuple, dtype_name: str | None) -> TensorRef:
-        if type(view) is not _StorageView:
-            raise CorruptModelError(f"a tensor whose storage is {_name_of(view)}")
-        dtype = view.storage.dtype if dtype_name is None else _DTYPES[dtype_name]
-        if view.byte_offset % dtype.itemsize:
-            raise CorruptModelError(f"storage {printable(view.storage.key, 100)}: a view not aligned to its "
-                                    "elements")
-        capacity = view.nbytes // dtype.itemsize
-        if math.prod(size):
-            last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-            if last >= capacity:
-                raise CorruptModelError(f"a tensor of shape {tuple(size)} needs element {last} of storage "
-                                        f"{printable(view.storage.key, 100)}, which holds {capacity}")
-        return TensorRef(dtype.name, tuple(size), tuple(stride), view.byte_offset // dtype.itemsize + offset,
-                         view.storage.key, view.storage)
+def _make_tensor(view: Any, offset: int, size: tuple, stride: tuple, dtype_name: str | None) -> TensorRef:
+    """A rebuilt tensor (its arguments checked by the unpickler) as a TensorRef that fits its storage."""
+    if type(view) is not _StorageView:
+        raise CorruptModelError(f"a tensor whose storage is {_name_of(view)}")
+    dtype = view.storage.dtype if dtype_name is None else _DTYPES[dtype_name]
+    if view.byte_offset % dtype.itemsize:
+        raise CorruptModelError(f"storage {printable(view.storage.key, 100)}: a view not aligned to its elements")
+    capacity = view.nbytes // dtype.itemsize
+    if math.prod(size):
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= capacity:
+            raise CorruptModelError(f"a tensor of shape {tuple(size)} needs element {last} of storage "
+                                    f"{printable(view.storage.key, 100)}, which holds {capacity}")
+    return TensorRef(dtype.name, tuple(size), tuple(stride), view.byte_offset // dtype.itemsize + offset,
+                     view.storage.key, view.storage)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,7 +553,6 @@ class _ZipArchive:
 
     def __init__(self, f: _OpenFile, zf: zipfile.ZipFile, prefix: str, limits: Limits, big_endian: bool) -> None:
         self.f, self.zf, self.prefix, self.limits, self.big_endian = f, zf, prefix, limits, big_endian
-        self.tensors = _Tensors(f, limits)
         infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
         # Where each member's data must end: the next local header, or the central directory.
         self._bounds = {i.filename: (after.header_offset if after else zf.start_dir)
@@ -626,7 +619,7 @@ class _ZipArchive:
             raise UnsafeModelError(f"{name} is {info.file_size} bytes, over the "
                                    f"{pickle_limits.max_pickle_bytes}-byte limit for a pickle")
         data = safety.read_member(self.zf, full, self.limits)
-        machine = PickleMachine(data, what=name, limits=pickle_limits, make_tensor=self.tensors.make_tensor)
+        machine = PickleMachine(data, what=name, limits=pickle_limits, make_tensor=_make_tensor)
         value, _end = machine.load(0, self.persistent_load(folder))
         check_tree(value, pickle_limits, name, machine.objects)
         return value
@@ -776,7 +769,6 @@ class _LegacyStorages:
 
     def __init__(self, f: _OpenFile, limits: Limits) -> None:
         self.f, self.limits = f, limits
-        self.tensors = _Tensors(f, limits)
         self.roots: dict[str, _Storage] = {}
 
     def persistent_load(self, pid: Any) -> Any:
@@ -841,7 +833,7 @@ def _read_legacy(f: _OpenFile, limits: Limits, pickle_limits: PickleLimits, clos
     head_size = min(f.size, pickle_limits.max_pickle_bytes)
     storages = _LegacyStorages(f, limits)
     machine = PickleMachine(f.pread(head_size, 0), what="the legacy pickle stream", limits=pickle_limits,
-                            make_tensor=storages.tensors.make_tensor)
+                            make_tensor=_make_tensor)
     try:
         _magic, pos = machine.load(0)
         protocol, pos = machine.load(pos)
@@ -884,14 +876,13 @@ def _read_safetensors(f: _OpenFile, limits: Limits, pickle_limits: PickleLimits,
     if metadata is not None and not (isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())):
         raise CorruptModelError("the safetensors __metadata__ is not a map of strings")
     start, size = 8 + length, f.size - 8 - length
-    tensors = _Tensors(f, limits)
     tree: dict[str, TensorRef] = {}
     spans = []
     for name, entry in header.items():
         dtype, shape, begin, end = _safetensors_entry(name, entry, size)
         storage = _Storage(name, dtype, end - begin, f, limits, offset=start + begin)
         strides = _contiguous_strides(shape)
-        tree[name] = tensors.make_tensor(_StorageView(storage, 0, end - begin), 0, shape, strides, None)
+        tree[name] = _make_tensor(_StorageView(storage, 0, end - begin), 0, shape, strides, None)
         spans.append((begin, end, name))
     _check_disjoint(spans)
     return TorchFile(f.label, "safetensors", tree, MappingProxyType({"safetensors_metadata": metadata}),
