@@ -50,7 +50,7 @@ def save_layout(module: nn.Module, layout: str, path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Saved]:
+def torch_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Saved]:
     folder = tmp_path_factory.mktemp("torch_zoo")
     modules = builders.rnn_modules()
     out = {}

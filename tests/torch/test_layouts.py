@@ -31,8 +31,8 @@ def _truth(saved: Saved) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", MODULES)
-def test_state_dict_equals_torch(zoo, name: str, layout: str) -> None:
-    saved = zoo[(name, layout)]
+def test_state_dict_equals_torch(torch_zoo, name: str, layout: str) -> None:
+    saved = torch_zoo[(name, layout)]
     expected = _truth(saved)
     with read_torch(saved.path) as tf:
         assert tf.kind == LAYOUTS[layout]
@@ -47,20 +47,20 @@ def test_state_dict_equals_torch(zoo, name: str, layout: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_names_are_those_of_state_dict(zoo, name: str) -> None:
+def test_names_are_those_of_state_dict(torch_zoo, name: str) -> None:
     """The order torch.load gives is the module's own state_dict() order (independent check)."""
-    saved = zoo[(name, "whole-zip")]
+    saved = torch_zoo[(name, "whole-zip")]
     own = list(saved.module.state_dict())
     for layout in ("zip", "legacy", "whole-zip", "whole-legacy", "whole-legacy-proto1"):
-        with read_torch(zoo[(name, layout)].path) as tf:
+        with read_torch(torch_zoo[(name, layout)].path) as tf:
             assert list(find_model_state(tf).state_dict) == own, layout
 
 
 @pytest.mark.parametrize("name", ["lstm_2layer_bi", "rnn_relu", "encoder", "stack"])
-def test_whole_module_records_module_attributes(zoo, name: str) -> None:
-    module = zoo[(name, "whole-zip")].module
+def test_whole_module_records_module_attributes(torch_zoo, name: str) -> None:
+    module = torch_zoo[(name, "whole-zip")].module
     for layout in ("whole-zip", "whole-legacy", "torchscript"):
-        with read_torch(zoo[(name, layout)].path) as tf:
+        with read_torch(torch_zoo[(name, layout)].path) as tf:
             state = find_model_state(tf)
         assert state.source == ("torchscript" if layout == "torchscript" else "module")
         by_path = {m.path: m for m in state.modules}
@@ -75,9 +75,9 @@ def test_whole_module_records_module_attributes(zoo, name: str) -> None:
 
 
 @pytest.mark.parametrize("layout", ["zip", "legacy", "safetensors", "torchscript"])
-def test_extent_points_at_the_bytes(zoo, layout: str) -> None:
+def test_extent_points_at_the_bytes(torch_zoo, layout: str) -> None:
     """A contiguous tensor's extent is where its little-endian bytes lie in the file."""
-    saved = zoo[("encoder", layout)]
+    saved = torch_zoo[("encoder", layout)]
     data = saved.path.read_bytes()
     with read_torch(saved.path) as tf:
         refs = tf.tensors()
