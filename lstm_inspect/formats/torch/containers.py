@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 from lstm_inspect import safety
 from lstm_inspect.errors import CorruptModelError, InspectError, NotAModelError, UnsafeModelError, \
     UnsupportedDialectError
+from lstm_inspect.formats.sniff import HDF5_SIGNATURE
 from lstm_inspect.safety import DEFAULT_LIMITS, Limits, printable
 
 from .unpickler import DEFAULT_PICKLE_LIMITS, GlobalRef, ObjectStandIn, PickleLimits, PickleMachine, \
@@ -482,7 +483,7 @@ def _not_torch_message(head: bytes) -> str:
         return "is Python source code, not a saved PyTorch model"
     if head[257:262] == b"ustar":
         return "is a tar archive, not a PyTorch file"
-    if head.startswith(safety.HDF5_SIGNATURE):
+    if head.startswith(HDF5_SIGNATURE):
         return "is an HDF5 file (a Keras model?), not a PyTorch file"
     preview = " ".join(f"{b:02x}" for b in head[:8])
     return f"not a PyTorch file (starts with {preview})"
