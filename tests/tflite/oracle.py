@@ -132,7 +132,8 @@ def check_signatures_and_metadata(model: TfliteModel, ref, data: bytes) -> None:
     for i, sig in enumerate(model.signature_defs):
         r = ref.SignatureDefs(i)
         assert (sig.key, sig.subgraph_index) == (text(r.SignatureKey()), r.SubgraphIndex())
-        assert sig.inputs == tuple((text(r.Inputs(j).Name()), r.Inputs(j).TensorIndex()) for j in range(r.InputsLength()))
+        assert sig.inputs == tuple((text(r.Inputs(j).Name()), r.Inputs(j).TensorIndex())
+                                   for j in range(r.InputsLength()))
         assert sig.outputs == tuple((text(r.Outputs(j).Name()), r.Outputs(j).TensorIndex())
                                     for j in range(r.OutputsLength()))
     assert [(m.name, m.buffer) for m in model.metadata] == [

@@ -78,9 +78,9 @@ def mutate(data: bytes, flips: list[tuple[int, int]], words: list[tuple[int, int
 
 
 FLIPS = st.lists(st.tuples(st.integers(0, 1 << 30), st.integers(0, 7)), max_size=12)
-WORDS = st.lists(st.tuples(st.integers(0, 1 << 30), st.one_of(st.integers(0, 64), st.integers(0, 0xFFFFFFFF),
-                                                                 st.sampled_from([0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]))),
-                 max_size=4)
+WORD_VALUES = st.one_of(st.integers(0, 64), st.integers(0, 0xFFFFFFFF),
+                        st.sampled_from([0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]))
+WORDS = st.lists(st.tuples(st.integers(0, 1 << 30), WORD_VALUES), max_size=4)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

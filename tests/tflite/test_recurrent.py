@@ -2,6 +2,7 @@
 recognised weights against the Keras model's own get_weights(), and the two real files of the corpus."""
 from __future__ import annotations
 
+import csv
 import re
 
 import numpy as np
@@ -223,12 +224,21 @@ def test_flex_tensorlist_ops_are_reported(tflite_zoo):
     assert loop.kind == "lstm"
 
 
+def manifest_says(name: str) -> str:
+    """The 'what is in it' column of MANIFEST-frameworks.tsv for one corpus file."""
+    with open(CORPUS / "MANIFEST-frameworks.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return next(r for r in rows if r["file"] == name)["what is in it (read independently; the tool must find the same)"]
+
+
 def test_corpus_fused_lstm():
-    """MANIFEST-frameworks.tsv: fused UNIDIRECTIONAL_SEQUENCE_LSTM, 20 units, input 28, float32, cell_clip 10;
-    its state keeps the layer's name (model/sequential/lstm/zeros)."""
-    report = find_recurrent(read_tflite(CORPUS / "tflite-micro__trained_lstm.tflite"))
+    """Its state keeps the layer's name (model/sequential/lstm/zeros); the weights are arith.constant*."""
+    name = "tflite-micro__trained_lstm.tflite"
+    report = find_recurrent(read_tflite(CORPUS / name))
     (op,) = report.fused_ops
-    assert (op.op_name, op.units, op.input_size, op.options["cell_clip"]) == ("UNIDIRECTIONAL_SEQUENCE_LSTM", 20, 28, 10.0)
+    found = (f"fused {op.op_name}, {op.units} units, input {op.input_size}, float32, "
+             f"cell_clip {op.options['cell_clip']:g}")
+    assert found == manifest_says(name)
     assert (op.layer_name, op.layer_path) == ("lstm", "model/sequential/lstm")
     assert dict(report.operators_by_kind) == {"UNIDIRECTIONAL_SEQUENCE_LSTM": 1, "RESHAPE": 1,
                                               "FULLY_CONNECTED": 1, "SOFTMAX": 1}
@@ -236,11 +246,14 @@ def test_corpus_fused_lstm():
 
 
 def test_corpus_int8_fused_lstm():
-    """MANIFEST: 20 units, input 28, full int8, int16 cell state with scale 2^-12, 5 intermediates."""
-    model = read_tflite(CORPUS / "tflite-micro__trained_lstm_int8.tflite")
+    name = "tflite-micro__trained_lstm_int8.tflite"
+    model = read_tflite(CORPUS / name)
     (op,) = find_recurrent(model).fused_ops
     tensors = model.subgraphs[0].tensors
-    assert (op.units, op.input_size, len(op.intermediates)) == (20, 28, 5)
-    assert tensors[op.role("cell_state").tensor].quantization.scale == (2.0 ** -12,)
     check_full_integer_lstm(op, tensors)
+    cell = tensors[op.role("cell_state").tensor]
+    exponent = int(np.log2(cell.quantization.scale[0]))
+    found = (f"fused {op.op_name}, {op.units} units, input {op.input_size}, full int8 "
+             f"({cell.type_name.lower()} cell state, scale 2^{exponent}), {len(op.intermediates)} intermediate tensors")
+    assert found == manifest_says(name)
     assert op.layer_name == "op0"  # no tensor of this file keeps the Keras name

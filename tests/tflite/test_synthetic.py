@@ -99,8 +99,9 @@ def test_rnn_family_and_one_step_ops(spg, tmp_path):
     report = find_recurrent(model)
     uni_op, bi_op, step_op, basic_op = report.fused_ops
     assert [r.role for r in uni_op.inputs] == ["input", "weights", "recurrent_weights", "bias", "hidden_state"]
-    assert (uni_op.units, uni_op.input_size, uni_op.options["time_major"], uni_op.options["fused_activation_function"]) \
-        == (3, 2, True, "RELU")
+    options = uni_op.options
+    assert (uni_op.units, uni_op.input_size, options["time_major"], options["fused_activation_function"]) == (
+        3, 2, True, "RELU")
     assert [r.role for r in bi_op.inputs][4:10] == ["fw_hidden_state", "bw_weights", "bw_recurrent_weights",
                                                    "bw_bias", "bw_hidden_state", "aux_input"]
     assert (bi_op.bidirectional, bi_op.units) == (True, 3)
@@ -178,7 +179,8 @@ def test_single_step_cell_is_told_apart_by_shapes(spg, tmp_path):
     (layer,) = report.unrolled
     cell = layer.cell
     assert (cell.kind, cell.units, cell.input_size, cell.steps, cell.evidence) == ("lstm", 4, 5, 1, "shapes")
-    assert (cell.kernel.stored, [r.stored for r in cell.recurrent_kernel], [b.stored for b in cell.bias]) == (3, [4], [5])
+    stored = (cell.kernel.stored, [r.stored for r in cell.recurrent_kernel], [b.stored for b in cell.bias])
+    assert stored == (3, [4], [5])
     assert (cell.bias[0].via, layer.layer_name) == ("add", "cell")
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 
 from .schema import Operator, Options, SubGraph, Tensor, TfliteModel
@@ -242,7 +243,7 @@ def _layer_facts(fused: Iterable[FusedOp], loops: Iterable[WhileLoop],
 
 
 class _Graph:
-    """A subgraph with producer/consumer maps."""
+    """A subgraph with producer/consumer maps (and its size, computed once however many loops use it)."""
 
     def __init__(self, graph: SubGraph) -> None:
         self.graph = graph
@@ -256,6 +257,19 @@ class _Graph:
             for t in dict.fromkeys(op.inputs):
                 if t >= 0:
                     self.consumers[t].append(op)
+
+    @cached_property
+    def size(self) -> SubgraphSize:
+        counts = Counter(op.label for op in self.graph.operators)
+        constants = [t for t in self.tensors if self._constant(t)]
+        return SubgraphSize(index=self.graph.index, name=self.graph.name, operators=len(self.graph.operators),
+                            ops_by_kind=tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+                            tensors=len(self.tensors), constants=len(constants),
+                            constant_bytes=sum(t.extent.nbytes for t in constants))
+
+    @cached_property
+    def custom_ops(self) -> frozenset[str]:
+        return frozenset(op.label for op in self.graph.operators if op.name == "CUSTOM")
 
     def stored(self, t: int) -> int | None:
         """The tensor holding t's constant data: t itself, or the input of the DEQUANTIZE producing it."""
@@ -305,15 +319,6 @@ class _Graph:
                         seen.add(out)
                         queue.append(out)
         return seen
-
-
-def _subgraph_size(graph: SubGraph) -> SubgraphSize:
-    counts = Counter(op.label for op in graph.operators)
-    constants = [t for t in graph.tensors if t.has_data and not t.is_variable]
-    return SubgraphSize(index=graph.index, name=graph.name, operators=len(graph.operators),
-                        ops_by_kind=tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-                        tensors=len(graph.tensors), constants=len(constants),
-                        constant_bytes=sum(t.extent.nbytes for t in constants))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,7 +420,7 @@ def _while_loop(g: _Graph, op: Operator, graphs: list[_Graph], body_cells: dict[
     if body_index not in body_cells:
         body_cells[body_index] = tuple(_find_cells(body, _loop_states(body))) if body_index != g.graph.index else ()
     cells = body_cells[body_index]
-    custom = sorted({o.label for sub in (cond, body) for o in sub.graph.operators if o.name == "CUSTOM"})
+    custom = sorted(cond.custom_ops | body.custom_ops)
     names = [body.graph.name or "", cond.graph.name or ""]
     if not scope_of(names[0]):
         names = [n for c in cells for n in body.names((c.kernel.stored, *(r.stored for r in c.recurrent_kernel)))]
@@ -423,8 +428,8 @@ def _while_loop(g: _Graph, op: Operator, graphs: list[_Graph], body_cells: dict[
     name, path = _name_layer(names, g.graph.index, op.index)
     reversed_input = any(g.traces_back_to(t, frozenset({"REVERSE_V2"}), _SHAPE_OPS) is not None
                          for t in op.inputs if t >= 0 and not g.is_index(t))
-    return WhileLoop(subgraph=g.graph.index, op_index=op.index, cond=_subgraph_size(cond.graph),
-                     body=_subgraph_size(body.graph), custom_ops=tuple(custom), cells=cells,
+    return WhileLoop(subgraph=g.graph.index, op_index=op.index, cond=cond.size, body=body.size,
+                     custom_ops=tuple(custom), cells=cells,
                      reversed_input=reversed_input, layer_name=name, layer_path=path)
 
 
@@ -439,7 +444,8 @@ def _loop_states(body: _Graph) -> frozenset[int]:
 
 
 def _unrolled_layer(g: _Graph, cell: Cell) -> UnrolledLayer:
-    fcs = [op for op in g.graph.operators if op.index in set(cell.kernel_ops + cell.recurrent_ops)]
+    used = set(cell.kernel_ops + cell.recurrent_ops)
+    fcs = [op for op in g.graph.operators if op.index in used]
     names = g.names((cell.kernel.stored, *(r.stored for r in cell.recurrent_kernel)))
     names += g.names(t for op in fcs for t in op.outputs)
     name, path = _name_layer(names, g.graph.index, cell.kernel_ops[0])

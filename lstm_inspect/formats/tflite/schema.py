@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from lstm_inspect.errors import CorruptModelError, InspectError, NotAModelError, UnsafeModelError, UnsupportedDialectError
+from lstm_inspect.errors import (
+    CorruptModelError,
+    InspectError,
+    NotAModelError,
+    UnsafeModelError,
+    UnsupportedDialectError,
+)
 from lstm_inspect.safety import DEFAULT_LIMITS, Limits, printable
 
 from .flatbuf import DEFAULT_BUDGET, Budget, Flatbuffer, Table
@@ -193,22 +199,22 @@ class Tensor:
 
     def read(self) -> np.ndarray:
         """The stored array (read-only, little-endian, in the stored dtype and shape)."""
-        shown = printable(self.name, 200)
+        shown, file = printable(self.name, 200), self.extent.path if self.extent else None
         if self.external_buffer:
             raise UnsupportedDialectError(f"tensor '{shown}' keeps its data in an external file, "
-                                          "which lstm-inspect does not open")
+                                          "which lstm-inspect does not open", file=file)
         if self.extent is None:
             raise CorruptModelError(f"tensor '{shown}' holds no data in the file")
         if self.dtype is None or self.sparse:
             what = "sparse" if self.sparse else self.type_name
-            raise UnsupportedDialectError(f"tensor '{shown}' is {what}, which lstm-inspect does not read")
+            raise UnsupportedDialectError(f"tensor '{shown}' is {what}, which lstm-inspect does not read", file=file)
         if any(d < 0 for d in self.shape):
-            raise CorruptModelError(f"tensor '{shown}' has data but a dynamic shape {list(self.shape)}")
+            raise CorruptModelError(f"tensor '{shown}' has data but a dynamic shape {list(self.shape)}", file=file)
         dtype = np.dtype(self.dtype).newbyteorder("<")
         expected = math.prod(self.shape) * dtype.itemsize
         if expected != self.extent.nbytes:
             raise CorruptModelError(f"tensor '{shown}' of shape {list(self.shape)} and type {self.type_name} "
-                                    f"needs {expected} bytes but its buffer holds {self.extent.nbytes}")
+                                    f"needs {expected} bytes but its buffer holds {self.extent.nbytes}", file=file)
         return np.frombuffer(self.extent.read(), dtype=dtype).reshape(self.shape)
 
     def dequantize(self, values: np.ndarray | None = None) -> np.ndarray:
@@ -433,7 +439,8 @@ class _Reader:
         return Buffer(index, "inline", self.extent(inline[0], inline[1], where + ".data"))
 
     def operator_code(self, table: Table) -> OperatorCode:
-        deprecated, builtin = table.scalar(0, "b", 0, "deprecated_builtin_code"), table.scalar(3, "i", 0, "builtin_code")
+        deprecated = table.scalar(0, "b", 0, "deprecated_builtin_code")
+        builtin = table.scalar(3, "i", 0, "builtin_code")
         code = max(deprecated, builtin)
         name = BUILTIN_OPERATORS[code] if 0 <= code < len(BUILTIN_OPERATORS) else f"BUILTIN_{code}"
         return OperatorCode(code=code, name=name, custom_code=table.string(1, "custom_code"),
@@ -441,8 +448,9 @@ class _Reader:
                             builtin_code=builtin)
 
     def external_buffer(self, table: Table) -> ExternalBuffer:
-        return ExternalBuffer(id=table.scalar(0, "I", 0, "id"), group=table.scalar(1, "I", 0, "group"), offset=table.scalar(2, "Q", 0, "offset"),
-                              length=table.scalar(3, "Q", 0, "length"), packing=table.string(4, "packing"))
+        return ExternalBuffer(id=table.scalar(0, "I", 0, "id"), group=table.scalar(1, "I", 0, "group"),
+                              offset=table.scalar(2, "Q", 0, "offset"), length=table.scalar(3, "Q", 0, "length"),
+                              packing=table.string(4, "packing"))
 
     def subgraph(self, index: int, table: Table, codes: tuple[OperatorCode, ...],
                  buffers: tuple[Buffer, ...]) -> SubGraph:
@@ -524,7 +532,8 @@ class _Reader:
             for entry in table.tables(field_id, name):
                 tensor = entry.scalar(1, "I", 0, "tensor_index")
                 if tensor >= n:
-                    raise self.fail(entry.where + ".tensor_index", f"tensor {tensor} does not exist in subgraph {index}")
+                    raise self.fail(entry.where + ".tensor_index",
+                                    f"tensor {tensor} does not exist in subgraph {index}")
                 out.append((entry.string(0, "name"), tensor))
             return tuple(out)
 
