@@ -417,7 +417,7 @@ class _Reader:
         external = tuple(self.external_buffer(t) for t in root.tables(9, "external_buffers"))
         subgraphs = tuple(self.subgraph(i, t, codes, buffers)
                           for i, t in enumerate(root.tables(2, "subgraphs")))
-        metadata = tuple(self.metadata(i, t, len(buffers)) for i, t in enumerate(root.tables(6, "metadata")))
+        metadata = tuple(self.metadata(t, len(buffers)) for t in root.tables(6, "metadata"))
         signatures = tuple(self.signature(t, subgraphs) for t in root.tables(7, "signature_defs"))
         _check_subgraph_references(subgraphs, self.fb)
         return TfliteModel(
@@ -515,7 +515,7 @@ class _Reader:
             return None
         return self.extent(inline[0], inline[1], table.where + ".custom_options")
 
-    def metadata(self, index: int, table: Table, n_buffers: int) -> Metadata:
+    def metadata(self, table: Table, n_buffers: int) -> Metadata:
         buffer = table.scalar(1, "I", 0, "buffer")
         if buffer >= n_buffers:
             raise self.fail(table.where + ".buffer", f"buffer {buffer} does not exist ({n_buffers} buffers)")
