@@ -86,6 +86,9 @@ def _check_common(m: Mapping[str, Any], target: str) -> None:
                          f"(select other layers with --layer)")
     if first["class"] == "PeepholeLSTMCell":
         raise UsageError(f"{where}: PeepholeLSTMCell has peephole weights; not converted")
+    refused = next((d["refuse"] for d in dirs if d.get("refuse")), None)  # what the reader knows cannot convert
+    if refused:
+        raise UsageError(f"{where}: {refused}")
     if m["bidirectional"]:
         fwd, bwd = dirs
         for key in ("kind", "units", "input_dim", "use_bias", "reset_after", "activation",
@@ -197,7 +200,7 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
     for m in modules:
         _check_common(m, "pytorch")
         nn, extra = _torch_kind(m)
-        prefix = m["path"].replace("/", ".")
+        prefix = m["path"].strip("/").replace("/", ".")  # ONNX node paths may start with "/"
         if prefix in described:
             raise UsageError(f"{m['path']}: two layers map to the module name {prefix!r}")
         dtype = _dtype(m, allow64=True)
