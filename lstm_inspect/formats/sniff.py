@@ -9,7 +9,7 @@ import enum
 import os
 import stat
 
-from lstm_inspect.errors import NotAModelError, UnsafeModelError
+from lstm_inspect.errors import CorruptModelError, NotAModelError, UnsafeModelError
 from lstm_inspect.safety.jsonload import strip_bom
 from lstm_inspect.safety.limits import DEFAULT_LIMITS, MiB, Limits, size_text, stat_target
 
@@ -87,9 +87,12 @@ def _classify(head: bytes, userblock_hdf5: bool, name: str, size: int | None = N
         return Container.HDF5
     if strip_bom(head).lstrip(b" \t\r\n").startswith(b"{"):
         return Container.JSON
-    from lstm_inspect.formats.onnx.magic import looks_like_onnx  # ONNX has no magic number: its first fields
+    from lstm_inspect.formats.onnx.magic import cut_short, looks_like_onnx  # ONNX: no magic, its first fields
     if looks_like_onnx(head, len(head) if size is None else size):
         return Container.ONNX
+    problem = cut_short(head, len(head) if size is None else size)
+    if problem:
+        raise CorruptModelError(f"{problem} (truncated?)", file=name)
     what = _looks_like(head, name)
     preview = " ".join(f"{b:02x}" for b in head[:8])
     raise NotAModelError(f"not a model file{': ' + what if what else ''} (starts with {preview})", file=name)
