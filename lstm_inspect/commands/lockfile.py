@@ -165,7 +165,8 @@ _DIRECTION_KEYS = ("path", "kind", "class", "units", "input_dim", "gates", "para
 def direction_record(d: Direction) -> dict:
     """The summary's direction entry, restricted to the facts a lock file pins."""
     full = direction_dict(d)
-    return {"layer": d.path.split("/", 1)[0], **{k: full[k] for k in _DIRECTION_KEYS}}
+    return {"layer": d.path.split("/", 1)[0] or d.layer_name,  # ONNX node paths may start with "/"
+            **{k: full[k] for k in _DIRECTION_KEYS}}
 
 
 # --- reading tensors in row slices -------------------------------------------------------------

@@ -220,3 +220,32 @@ def test_no_recurrent_node_says_why(tmp_path):
                 tmp_path / "relu.onnx")
     data = api.summary(path)
     assert data["recurrent"] == [] and data["notes"] == ["no LSTM, GRU or RNN node"]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_reading_block_by_block_keeps_memory_at_a_block(tmp_path, external):
+    """64 MiB of weights read one gate block at a time: the mapped pages are let go after each block."""
+    hidden, inputs = 1024, 2048
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1, 4 * hidden, inputs), dtype=np.float32)  # 32 MiB
+    r = rng.standard_normal((1, 4 * hidden, hidden), dtype=np.float32)  # 16 MiB
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=hidden)
+    m = model([node], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")],
+              [out("X", shape=[1, 1, inputs])], [out("Y")])
+    path = tmp_path / "big.onnx"
+    onnx.save_model(m, str(path), save_as_external_data=external, location="big.bin", size_threshold=0)
+    del m
+    with open_model(path) as opened:
+        (d,) = api.directions(opened)
+        before, peak = _rss(), 0
+        for block in d.blocks:
+            value = block.read()
+            peak = max(peak, _rss() - before)
+            del value
+        block_bytes = 8 << 20  # W_i: 2048 x 1024 float32
+    assert peak < 3 * block_bytes, f"{peak / 2**20:.1f} MiB"

@@ -4,6 +4,9 @@ with a typed error.
 
 Raw tensors in the model file are views of its memory map; tensors in an external data file are mapped
 the same way on first read, so reading one gate's rows touches only those pages. Both keep `extent`.
+Each read first lets go of the pages the previous read mapped in (MADV_DONTNEED on a shared read-only
+mapping: the pages stay in the page cache, and a view still held reads the same bytes again), so reading
+a model block by block keeps the process's memory at about one block, as `pread` would, without a copy.
 """
 from __future__ import annotations
 
@@ -20,28 +23,24 @@ from ...safety import printable
 from .fold import Folded, Unknown
 from .proto import OnnxTensor
 
-ArrayFn = Callable[[], np.ndarray]
-
-
 def tensor_weight(tensor: OnnxTensor, location: str) -> Weight:
     """A stored tensor. Integer and boolean tensors (shapes, indices, masks) are not trainable."""
     return Weight(name=tensor.name, shape=tensor.dims, dtype=tensor.dtype, trainable=_is_float(tensor.dtype),
-                  location=location, _read=_selector(tensor_array(tensor)), extent=tensor.extent)
+                  location=location, _read=_Stored(tensor).read, extent=tensor.extent)
 
 
 def folded_weight(value: Folded, name: str, location: str) -> Weight:
     """A value the folder knows: lazy (a reshape of a stored tensor) or computed."""
     if value.array is not None:
         array = value.array
-        full: ArrayFn = lambda: array  # noqa: E731 - a constant
+        read: Callable[[Any], np.ndarray] = lambda selection: array[selection]  # noqa: E731 - in memory
         extent = None
     else:
         assert value.tensor is not None
-        stored, shape = tensor_array(value.tensor), value.shape
-        full = lambda: stored().reshape(shape)  # noqa: E731 - C order: a reshape keeps the bytes
+        read = _Stored(value.tensor, value.shape).read  # C order: a reshape keeps the bytes
         extent = value.tensor.extent
     return Weight(name=name, shape=value.shape, dtype=value.dtype, trainable=_is_float(value.dtype),
-                  location=location, _read=_selector(full), extent=extent)
+                  location=location, _read=read, extent=extent)
 
 
 def absent_weight(value: Unknown, name: str, location: str, where: str) -> Weight | None:
@@ -58,29 +57,72 @@ def absent_weight(value: Unknown, name: str, location: str, where: str) -> Weigh
                   _read=refuse)
 
 
-def tensor_array(tensor: OnnxTensor) -> ArrayFn:
-    """A function giving the whole tensor as a read-only array, decoded or mapped once."""
-    cache: dict[str, np.ndarray] = {}
+class _Stored:
+    """A stored tensor's values, `shape`d: mapped (raw or external data) or decoded (typed fields), once."""
 
-    def full() -> np.ndarray:
-        if "array" not in cache:
-            cache["array"] = _map_external(tensor) if tensor.storage == "external" and tensor.extent \
-                else tensor.read()
-        return cache["array"]
-    return full
+    def __init__(self, tensor: OnnxTensor, shape: tuple[int, ...] | None = None) -> None:
+        self.tensor, self.shape = tensor, shape
+        self.array: np.ndarray | None = None
+        self.release: Callable[[], None] = _nothing
+
+    def read(self, selection: Any) -> np.ndarray:
+        _release_previous(self.release)
+        if self.array is None:
+            self.array, self.release = self._open()
+            _release_previous(self.release)
+            if self.shape is not None:
+                self.array = self.array.reshape(self.shape)
+        return self.array[selection]
+
+    def _open(self) -> tuple[np.ndarray, Callable[[], None]]:
+        tensor = self.tensor
+        if tensor.storage == "external" and tensor.extent is not None:
+            return _map_external(tensor)
+        data = tensor.read()
+        payload = tensor._payload
+        mapped = payload.obj if isinstance(payload, memoryview) else None
+        if tensor.storage == "raw_data" and tensor.extent is not None and isinstance(mapped, mmap.mmap):
+            return data, _page_release(mapped, tensor.extent[1], data.nbytes)
+        return data, _nothing
 
 
-def _selector(full: ArrayFn) -> Callable[[Any], np.ndarray]:
-    return lambda selection: full()[selection]
+def _nothing() -> None:
+    """Nothing to let go of: the values are in memory."""
+
+
+_previous: list[Callable[[], None]] = [_nothing]  # how to let go of what the last read mapped in
+
+
+def _release_previous(then: Callable[[], None]) -> None:
+    """Let go of the pages the previous read touched (its caller has used them by now); remember this
+    read's."""
+    _previous[0]()
+    _previous[0] = then
+
+
+def _page_release(mapped: mmap.mmap, start: int, length: int) -> Callable[[], None]:
+    """Drop this range's pages from the process (they stay in the page cache and come back on access)."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    low = start - start % mmap.PAGESIZE
+    high = min(len(mapped), start + length)
+    if advice is None or high <= low:
+        return _nothing
+
+    def release() -> None:
+        try:
+            mapped.madvise(advice, low, high - low)
+        except (OSError, ValueError):  # best effort: the values were already copied
+            pass
+    return release
 
 
 def _is_float(dtype: str) -> bool:
     return dtype in ("float16", "float32", "float64", "bfloat16") or dtype.startswith("float8")
 
 
-def _map_external(tensor: OnnxTensor) -> np.ndarray:
+def _map_external(tensor: OnnxTensor) -> tuple[np.ndarray, Callable[[], None]]:
     """The tensor's range of its external file, memory-mapped (the file is checked again: it may have
-    changed since the model was read)."""
+    changed since the model was read), and how to let go of its pages."""
     ext = tensor.external
     assert ext is not None and tensor.extent is not None
     where = f"external data of tensor '{printable(tensor.name, 200)}'"
@@ -88,7 +130,7 @@ def _map_external(tensor: OnnxTensor) -> np.ndarray:
     if ext.length == 0:
         empty = np.zeros(tensor.dims, dtype=dtype)
         empty.flags.writeable = False
-        return empty
+        return empty, _nothing
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(ext.path, flags)
@@ -105,7 +147,7 @@ def _map_external(tensor: OnnxTensor) -> np.ndarray:
     finally:
         os.close(fd)
     array = np.frombuffer(mapped, dtype=dtype, count=ext.length // dtype.itemsize, offset=ext.offset - start)
-    return array.reshape(tensor.dims)
+    return array.reshape(tensor.dims), _page_release(mapped, 0, len(mapped))
 
 
 def _numpy_dtype(tensor: OnnxTensor) -> str:
