@@ -24,10 +24,10 @@ def render_table(report: Mapping[str, Any], console) -> None:
     lines = [
         f"runtime: {report['runtime']}",
         f"input {', '.join(str(s) for s in shapes) or '-'} (batch, steps, input), seeded normal (seed "
-        f"{report['seed']}), zero initial states; every step's output and the final states compared; "
-        f"tolerance {report['tolerance']:g}",
-        "file − numpy: onnxruntime running the node itself (its attributes, its own W/R/B/P from the file), "
-        "against the NumPy cell built from the split blocks",
+        f"{report['seed']}), zero initial states;",
+        f"every step's output and the final states compared; tolerance {report['tolerance']:g}",
+        "file − numpy: onnxruntime running the node itself (its attributes, its own W/R/B/P)",
+        "              against the NumPy cell built from the split blocks",
     ]
     for line in lines:
         console.print(line, markup=False, highlight=False)

@@ -159,7 +159,9 @@ class _Builder:
     # recurrent nodes ---------------------------------------------------------------------------
 
     def _node_order(self, node: RecurrentNode | None) -> tuple[int, int]:
-        index = next((v.order for v in self.visits if v.path == node.path), 0) if node else 0
+        """Where the node is in model order (found by its graph and outputs: its path may carry `#k`)."""
+        index = next((v.order for v in self.visits if node is not None and v.scope.path == node.graph
+                      and v.node.outputs == node.outputs and v.node.op_type == node.op_type), 0)
         return (index, 0)
 
     def _recurrent_layer(self, node: RecurrentNode) -> RecurrentLayer:
