@@ -222,25 +222,37 @@ def verify(
     steps: Annotated[int, typer.Option("--steps", help="Time steps of the random input.", min=1, max=10_000)] = 7,
     batch: Annotated[int, typer.Option("--batch", help="Batch size of the random input.", min=1, max=10_000)] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.", min=0)] = 0,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed absolute difference.",
-                                             min=0.0)] = 1e-5,
+    tolerance: Annotated[Optional[float], typer.Option(
+        "--tolerance", min=0.0, help="Largest allowed absolute difference (default 1e-5; 1e-4 for ONNX models, "
+                                     "which onnxruntime computes in float32).")] = None,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
                                               case_sensitive=False)] = VerifyFormat.TABLE,
 ) -> None:
     """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
 
-    Needs TensorFlow (pip install 'lstm-inspect[tf]'). Exit 0 when every direction is within the
-    tolerance, 1 when one is not, 2 on bad input.
+    Needs TensorFlow (pip install 'lstm-inspect[tf]'); an ONNX model runs in onnxruntime instead
+    (pip install 'lstm-inspect[onnx]'). Exit 0 when every direction is within the tolerance, 1 when
+    one is not, 2 on bad input.
     """
     from lstm_inspect.commands import verify as verify_mod
+    from lstm_inspect.commands import verify_onnx
     from lstm_inspect.render import verify as render
 
     with _handle_errors():
-        verify_mod.require_tensorflow()
-        # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
-        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
-                       timeout=scaled_timeout(model))
-        report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        if guarded(verify_onnx.is_onnx, str(model), label=str(model)):  # onnxruntime, not Keras, runs it
+            from lstm_inspect.render import verify_onnx as render  # type: ignore[no-redef]
+            verify_onnx.require_onnxruntime()
+            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                           timeout=scaled_timeout(model))
+            tolerance = verify_onnx.DEFAULT_TOLERANCE if tolerance is None else tolerance
+            report = verify_onnx.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        else:
+            tolerance = 1e-5 if tolerance is None else tolerance
+            verify_mod.require_tensorflow()
+            # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
+            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                           timeout=scaled_timeout(model))
+            report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
     if fmt is VerifyFormat.JSON:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

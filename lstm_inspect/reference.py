@@ -16,6 +16,9 @@ in float64, so that `verify` can compare it with Keras itself and the split is p
     LSTM extras (TF1, ONNX, TFLite, PyTorch): peepholes p_i, p_f (on c_{t-1}) and p_o (on c_t),
                a run-time forget_bias added to f, cell_clip, projection h = (o act(c')) P + bP
                with proj_clip; then h has the projection's size and U its rows.
+    ONNX extras: gate_clip clips every gate's pre-activation (LSTM i f c o, GRU z r h, RNN) to
+               [-gate_clip, gate_clip]; LSTM input_forget couples f = 1 - i; a GRU with
+               reset_after=False adds a second bias bU_h outside the reset (ONNX Rbh; Keras has none).
 
 σ is the recurrent activation. `hard_sigmoid` has two definitions: Keras 1/2 and tf.keras
 `clip(0.2 x + 0.5, 0, 1)`, Keras 3 `relu6(x + 3) / 6`; callers choose by the producing version.
@@ -178,10 +181,10 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
         out_size = blocks["P"].shape[1] if "P" in blocks else units
         states = [np.zeros((x.shape[0], out_size)), np.zeros((x.shape[0], units))]
     elif kind == "GRU":
-        step, states = _gru(blocks, units, act, rec, bool(spec.get("reset_after"))), \
+        step, states = _gru(blocks, units, act, rec, bool(spec.get("reset_after")), _clipper(spec)), \
             [np.zeros((x.shape[0], units))]
     elif kind == "SimpleRNN":
-        step, states = _simple(blocks, units, act), [np.zeros((x.shape[0], units))]
+        step, states = _simple(blocks, units, act, _clipper(spec)), [np.zeros((x.shape[0], units))]
     elif kind == "ConvLSTM":
         step, shape = _conv_lstm(blocks, units, act, rec, spec.get("conv") or {}, x.shape[2:-1])
         states = [np.zeros((x.shape[0],) + shape + (units,))] * 2
@@ -209,15 +212,17 @@ def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
     peep = {g: _bias(blocks, "p", g, units) for g in "ifo"}
     projection, projection_bias = gate(blocks, "P", ""), gate(blocks, "bP", "")
     cell_clip, proj_clip = spec.get("cell_clip") or 0.0, spec.get("proj_clip") or 0.0
+    clip, coupled = _clipper(spec), bool(spec.get("input_forget"))
 
     def step(x, states):
         h, c = states
         z = [x @ W[k] + h @ U[k] + b[k] for k in range(4)]
-        i, f = rec(z[0] + peep["i"] * c), rec(z[1] + peep["f"] * c)
-        c = f * c + i * act(z[2])
+        i = rec(clip(z[0] + peep["i"] * c))
+        f = 1.0 - i if coupled else rec(clip(z[1] + peep["f"] * c))
+        c = f * c + i * act(clip(z[2]))
         if cell_clip > 0:
             c = np.clip(c, -cell_clip, cell_clip)
-        o = rec(z[3] + peep["o"] * c)
+        o = rec(clip(z[3] + peep["o"] * c))
         h = o * act(c)
         if projection is not None:
             h = h @ projection + (projection_bias if projection_bias is not None else 0.0)
@@ -227,7 +232,7 @@ def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
     return step
 
 
-def _gru(blocks, units, act, rec, reset_after):
+def _gru(blocks, units, act, rec, reset_after, clip=lambda v: v):
     W = {g: _need(blocks, "W", g) for g in "zrh"}
     U = {g: _need(blocks, "U", g) for g in "zrh"}
     b = {g: _bias(blocks, "b", g, units) for g in "zrh"}
@@ -235,22 +240,31 @@ def _gru(blocks, units, act, rec, reset_after):
 
     def step(x, states):
         h, = states
-        z = rec(x @ W["z"] + b["z"] + h @ U["z"] + bU["z"])
-        r = rec(x @ W["r"] + b["r"] + h @ U["r"] + bU["r"])
+        z = rec(clip(x @ W["z"] + b["z"] + h @ U["z"] + bU["z"]))
+        r = rec(clip(x @ W["r"] + b["r"] + h @ U["r"] + bU["r"]))
         if reset_after:
-            candidate = act(x @ W["h"] + b["h"] + r * (h @ U["h"] + bU["h"]))
-        else:
-            candidate = act(x @ W["h"] + b["h"] + (r * h) @ U["h"])
+            candidate = act(clip(x @ W["h"] + b["h"] + r * (h @ U["h"] + bU["h"])))
+        else:  # bU_h (ONNX's Rbh) is added outside the reset; Keras stores no bU here
+            candidate = act(clip(x @ W["h"] + b["h"] + (r * h) @ U["h"] + bU["h"]))
         return [z * h + (1.0 - z) * candidate]
     return step
 
 
-def _simple(blocks, units, act):
+def _simple(blocks, units, act, clip=lambda v: v):
     W, U, b = _need(blocks, "W", ""), _need(blocks, "U", ""), _bias(blocks, "b", "", units)
+    bU = _bias(blocks, "bU", "", units)
 
     def step(x, states):
-        return [act(x @ W + states[0] @ U + b)]
+        return [act(clip(x @ W + states[0] @ U + b + bU))]
     return step
+
+
+def _clipper(spec: Mapping[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """ONNX `clip` (gate_clip): a gate's pre-activation clipped to [-clip, clip]; identity without it."""
+    bound = spec.get("gate_clip")
+    if bound is None:
+        return lambda v: v
+    return lambda v: np.clip(v, -float(bound), float(bound))
 
 
 def conv_params(conv: Mapping[str, Any], rank: int) -> tuple[tuple[int, ...], str, tuple[int, ...]]:

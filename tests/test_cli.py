@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lstm_inspect.cli import app
 
-from .conftest import ROOT, SAMPLES
+from .conftest import CORPUS, ROOT, SAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
 SAMPLE_H5 = SAMPLES / "lstm_classifier.h5"
@@ -157,15 +157,23 @@ def test_names_from_files_are_escaped(tmp_path):
     assert "[bold]red[/bold]" in result.stdout.replace("\n", "") or "\\x1b" in result.stdout
 
 
+ONNX_SAMPLE = CORPUS / "silero-vad__silero_vad_16k_op15.onnx"  # LSTMs in If branches, weights folded
+
+
 @pytest.mark.parametrize("command", [
     ["summary", "{sample}"],
     ["summary", "--format", "json", "{sample}"],
     ["split-gates", "{sample}", "-o", "{tmp}/out.npz"],
     ["explain", "{sample}"],
+    ["summary", "--format", "json", "{onnx}"],
+    ["split-gates", "{onnx}", "-o", "{tmp}/out.npz"],
+    ["explain", "{onnx}"],
+    ["snapshot", "{onnx}", "-o", "-"],
+    ["diff", "{onnx}", "{onnx}"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
     """Run the real console command in a fresh interpreter and list what it imported."""
-    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path) for a in command]
+    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path, onnx=ONNX_SAMPLE) for a in command]
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['lstm-inspect'] + {args!r}\n"
@@ -178,7 +186,10 @@ def test_reading_path_never_imports_frameworks(tmp_path, command):
         "                                                          'matplotlib'))\n"
         "print('IMPORTED:' + ','.join(bad), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    # Read in-process: a guarded child's imports would not show in this interpreter's sys.modules.
+    env = dict(os.environ, LSTM_INSPECT_NO_GUARD="1")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=env)
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED:\n" in proc.stderr or proc.stderr.rstrip().endswith("IMPORTED:"), proc.stderr
 

@@ -24,6 +24,9 @@ def _builder(framework: Framework) -> Callable[[Model], list[Direction]]:
     if framework is Framework.KERAS:
         from lstm_inspect.cells.keras import keras_directions
         return keras_directions
+    if framework is Framework.ONNX:
+        from lstm_inspect.cells.onnx import onnx_directions
+        return onnx_directions
     raise NotImplementedError(f"no cell builder for {framework.value} models")
 
 

@@ -86,7 +86,7 @@ class Direction:
 
     Fields other frameworks need and Keras files leave empty: `projection_size` (LSTM with a
     projection: the output and h have this size, the cell state `units`), `forget_bias` (added at
-    run time, not stored: TF1 cells), `cell_clip` / `proj_clip`.
+    run time, not stored: TF1 cells), `cell_clip` / `proj_clip`, `gate_clip` (ONNX).
     """
 
     path: str
@@ -114,6 +114,9 @@ class Direction:
     forget_bias: float | None = None
     cell_clip: float | None = None
     proj_clip: float | None = None
+    # ONNX `clip`: every gate's pre-activation (input of the f and g activations) clipped to
+    # [-gate_clip, gate_clip] as onnxruntime computes it; the cell state itself is not clipped.
+    gate_clip: float | None = None
 
     @property
     def gates(self) -> tuple[str, ...]:

@@ -86,6 +86,9 @@ def _check_common(m: Mapping[str, Any], target: str) -> None:
                          f"(select other layers with --layer)")
     if first["class"] == "PeepholeLSTMCell":
         raise UsageError(f"{where}: PeepholeLSTMCell has peephole weights; not converted")
+    refused = next((d["refuse"] for d in dirs if d.get("refuse")), None)  # what the reader knows cannot convert
+    if refused:
+        raise UsageError(f"{where}: {refused}")
     if m["bidirectional"]:
         fwd, bwd = dirs
         for key in ("kind", "units", "input_dim", "use_bias", "reset_after", "activation",
@@ -197,7 +200,7 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
     for m in modules:
         _check_common(m, "pytorch")
         nn, extra = _torch_kind(m)
-        prefix = m["path"].replace("/", ".")
+        prefix = m["path"].strip("/").replace("/", ".")  # ONNX node paths may start with "/"
         if prefix in described:
             raise UsageError(f"{m['path']}: two layers map to the module name {prefix!r}")
         dtype = _dtype(m, allow64=True)
@@ -306,10 +309,8 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
     nodes = [helper.make_node("Transpose", ["X"], ["X_tm"], perm=[1, 0, 2], name="to_time_major")]
     reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
     if reverse:  # Keras go_backwards: read the steps last to first, outputs in that order
-        inits += [numpy_helper.from_array(np.array([-1], np.int64), "rev_starts"),
-                  numpy_helper.from_array(np.array([np.iinfo(np.int64).min], np.int64), "rev_ends"),
-                  numpy_helper.from_array(np.array([0], np.int64), "rev_axes"),
-                  numpy_helper.from_array(np.array([-1], np.int64), "rev_steps")]
+        nodes += [_index_constant(name, value) for name, value in (
+            ("rev_starts", -1), ("rev_ends", np.iinfo(np.int64).min), ("rev_axes", 0), ("rev_steps", -1))]
         nodes.append(helper.make_node("Slice", ["X_tm", "rev_starts", "rev_ends", "rev_axes", "rev_steps"],
                                       ["X_rev"], name="go_backwards"))
         inputs[0] = "X_rev"
@@ -321,8 +322,9 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
         attrs["activation_beta"] = betas
     if kind == "GRU":
         attrs["linear_before_reset"] = 1 if f["reset_after"] else 0
-    nodes.append(helper.make_node(op, inputs, ["Y_tm"], name=where.replace("/", "__"), **attrs))
-    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "bt_shape"))
+    # named after the layer's path: lstm-inspect reading the file back gives the same direction paths
+    nodes.append(helper.make_node(op, inputs, ["Y_tm"], name=where, **attrs))
+    nodes.append(_index_constant("bt_shape", [0, 0, -1]))
     nodes.append(helper.make_node("Transpose", ["Y_tm"], ["Y_bt"], perm=[2, 0, 1, 3], name="to_batch_major"))
     nodes.append(helper.make_node("Reshape", ["Y_bt", "bt_shape"], ["Y"], name="concat_directions"))
     x_info = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "time", I])
@@ -350,6 +352,13 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
                         f"Keras output = {keras_out}")
     checker.check_model(model, full_check=True)
     return model
+
+
+def _index_constant(name: str, values) -> Any:
+    """Shape and slice parameters as Constant nodes: the model's initializers are exactly its weights."""
+    from onnx import helper, numpy_helper
+    array = np.array(values if isinstance(values, list) else [values], np.int64)
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name), name=name)
 
 
 def plan_onnx(data: Mapping[str, Any]) -> list[tuple[str, Any]]:

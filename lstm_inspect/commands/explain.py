@@ -29,6 +29,9 @@ def _act(name: str | None, default: str) -> str:
 
 
 def explain(d: Direction) -> Explanation:
+    if d.source_layout.startswith("onnx-"):  # the operator's own equations and outputs
+        from lstm_inspect.commands.explain_onnx import explain_onnx
+        return explain_onnx(d)
     return Explanation(
         title=f"{d.path} — {d.kind.value} ({d.class_name}): input_dim {d.input_dim}, units {d.units}",
         equations=tuple(_equations(d)),

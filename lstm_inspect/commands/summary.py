@@ -101,7 +101,7 @@ def direction_dict(d: Direction) -> dict[str, Any]:
         "corrections": list(d.corrections),
         "notes": list(d.notes),
         **_stated(projection_size=d.projection_size, forget_bias=d.forget_bias, cell_clip=d.cell_clip,
-                  proj_clip=d.proj_clip),
+                  proj_clip=d.proj_clip, gate_clip=d.gate_clip),
     }
 
 

@@ -9,7 +9,7 @@ import enum
 import os
 import stat
 
-from lstm_inspect.errors import NotAModelError, UnsafeModelError
+from lstm_inspect.errors import CorruptModelError, NotAModelError, UnsafeModelError
 from lstm_inspect.safety.jsonload import strip_bom
 from lstm_inspect.safety.limits import DEFAULT_LIMITS, MiB, Limits, size_text, stat_target
 
@@ -21,6 +21,7 @@ class Container(enum.Enum):
     ZIP = "zip"
     DIRECTORY = "directory"
     JSON = "json"
+    ONNX = "onnx"
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -40,7 +41,7 @@ def sniff(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> Cont
         raise UnsafeModelError(f"file is {size_text(st.st_size)}, over the {size_text(limits.max_file_bytes)} limit",
                                file=name)
     head, userblock_hdf5 = _read_magic(path, st, name)
-    return _classify(head, userblock_hdf5, name)
+    return _classify(head, userblock_hdf5, name, st.st_size)
 
 
 def _read_magic(path: str | os.PathLike[str], st: os.stat_result, name: str) -> tuple[bytes, bool]:
@@ -77,7 +78,7 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
     return os.read(fd, n)  # pragma: no cover
 
 
-def _classify(head: bytes, userblock_hdf5: bool, name: str) -> Container:
+def _classify(head: bytes, userblock_hdf5: bool, name: str, size: int | None = None) -> Container:
     if head.startswith(HDF5_SIGNATURE):
         return Container.HDF5
     if head.startswith(_ZIP_SIGNATURES):
@@ -86,6 +87,12 @@ def _classify(head: bytes, userblock_hdf5: bool, name: str) -> Container:
         return Container.HDF5
     if strip_bom(head).lstrip(b" \t\r\n").startswith(b"{"):
         return Container.JSON
+    from lstm_inspect.formats.onnx.magic import cut_short, looks_like_onnx  # ONNX: no magic, its first fields
+    if looks_like_onnx(head, len(head) if size is None else size):
+        return Container.ONNX
+    problem = cut_short(head, len(head) if size is None else size)
+    if problem:
+        raise CorruptModelError(f"{problem} (truncated?)", file=name)
     what = _looks_like(head, name)
     preview = " ".join(f"{b:02x}" for b in head[:8])
     raise NotAModelError(f"not a model file{': ' + what if what else ''} (starts with {preview})", file=name)

@@ -115,7 +115,7 @@ def direction_facts(d: dict) -> list[str]:
                      f"{d['projection_size']} features, the cell state {d['units']}")
     if d.get("forget_bias") is not None:
         facts.append(f"forget_bias {d['forget_bias']:g} added to the forget gate at run time (not stored)")
-    clips = [f"{k} {d[k]:g}" for k in ("cell_clip", "proj_clip") if d.get(k)]
+    clips = [f"{k} {d[k]:g}" for k in ("cell_clip", "proj_clip", "gate_clip") if d.get(k)]
     if clips:
         facts.append(", ".join(clips))
     return facts
