@@ -58,6 +58,9 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file.")]
 LayerOpt = Annotated[List[str], typer.Option("--layer", "-l",
                                              help="Only directions whose path matches this glob (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")]
+ForgetBiasOpt = Annotated[Optional[float], typer.Option(
+    "--forget-bias", help="The run-time forget bias of TF1 LSTM cells (not stored in checkpoints; "
+                          "assumed 1.0 for BasicLSTMCell/LSTMCell, 0 for cuDNN-compatible cells).")]
 
 
 def stdout_console():
@@ -134,7 +137,10 @@ def scaled_timeout(*paths: Path) -> float:
     size = 0
     for p in paths:
         try:
-            files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
+            if p.is_dir():  # a SavedModel keeps its weights one level down, in variables/
+                files = [f for d in (p, p / "variables") if d.is_dir() for f in d.iterdir() if f.is_file()]
+            else:  # a TF checkpoint prefix names no file: its .index and .data-* shards
+                files = [p] if p.exists() else list(p.parent.glob(p.name + ".*"))
             size += sum(f.stat().st_size for f in files)
         except OSError:
             pass
@@ -155,6 +161,7 @@ def summary(
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
                                               help="Output format: table (default), json or markdown.")
                    ] = OutputFormat.TABLE,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Every layer with exact parameter counts, and per-gate W/U/b blocks of every recurrent layer."""
     from lstm_inspect.render import summary as render
@@ -163,7 +170,7 @@ def summary(
     for path in models:
         try:
             with _handle_errors():
-                results.append(guarded(api.summary, str(path), label=str(path)))
+                results.append(guarded(api.summary, str(path), forget_bias, label=str(path)))
         except typer.Exit as exit_:
             failed = failed or exit_.exit_code
     if results:
@@ -183,13 +190,14 @@ def split_gates(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .npz file.")],
     layer: LayerOpt = [],  # noqa: B006 - typer copies defaults
     force: ForceOpt = False,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Write every recurrent direction's per-gate W/U/b blocks (Keras math layout) to an .npz."""
     from lstm_inspect.writers.atomic import atomic_output
     with _handle_errors():
         with atomic_output(output, force) as tmp:
             result = guarded(api.split_gates, str(model), str(output), tuple(layer), force=True,
-                             tmp_path=tmp, progress=sys.stderr.isatty(), label=str(model),
+                             tmp_path=tmp, progress=sys.stderr.isatty(), forget_bias=forget_bias, label=str(model),
                              output_path=tmp, timeout=scaled_timeout(model))
         say(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
             f"recurrent direction(s) to {output}")
@@ -201,12 +209,13 @@ def explain(
     layer: Annotated[List[str], typer.Option("--layer", "-l", help="Only directions matching this glob.")
                      ] = [],  # noqa: B006
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or markdown.")] = "text",
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Each recurrent cell's equations with this model's sizes, and what units/outputs/states mean."""
     with _handle_errors():
         if fmt not in ("text", "markdown"):
             raise UsageError(f"--format must be text or markdown, not {fmt!r}")
-        text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", label=str(model))
+        text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", forget_bias, label=str(model))
         sys.stdout.write(text)
 
 

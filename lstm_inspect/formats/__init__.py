@@ -46,6 +46,9 @@ def open_model(path: str | os.PathLike, limits: Limits | None = None) -> Model:
 
 def reader_for(container: Container) -> Reader:
     """The reader of a container, its module imported now (and only now)."""
+    if container is Container.TENSORFLOW:
+        from lstm_inspect.formats.tf.reader import read_tensorflow
+        return read_tensorflow
     from lstm_inspect.formats.keras.files import READERS
     return READERS[container]
 
