@@ -232,6 +232,7 @@ def verify(
                                              min=0.0)] = 1e-5,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
                                               case_sensitive=False)] = VerifyFormat.TABLE,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
 
@@ -244,9 +245,13 @@ def verify(
     with _handle_errors():
         verify_mod.require_tensorflow()
         # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
-        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+        data = guarded(verify_mod.collect, str(model), tuple(layer), True, forget_bias, label=str(model),
                        timeout=scaled_timeout(model))
-        report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        if data.get("framework") == "tensorflow":  # TensorFlow's own loader and cells (commands/verify_tf.py)
+            from lstm_inspect.commands import verify_tf
+            report = verify_tf.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        else:
+            report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
     if fmt is VerifyFormat.JSON:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -275,6 +280,7 @@ def convert(
                                              help="Only layers whose path matches this glob (repeatable).")
                      ] = [],  # noqa: B006
     force: ForceOpt = False,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Write recurrent weights for torch.nn.LSTM/GRU/RNN (safetensors) or as ONNX LSTM/GRU/RNN models."""
     from lstm_inspect.commands import convert as convert_mod
@@ -284,7 +290,7 @@ def convert(
         convert_mod.require(to.value)
         if output.exists() and not force:
             raise UsageError(f"{output} already exists (use --force to replace it)")
-        data = guarded(verify_mod.collect, str(model), tuple(layer), False, label=str(model),
+        data = guarded(verify_mod.collect, str(model), tuple(layer), False, forget_bias, label=str(model),
                        timeout=scaled_timeout(model))
         write = convert_mod.write_pytorch if to is Target.PYTORCH else convert_mod.write_onnx
         result = write(data, output, force)

@@ -84,6 +84,15 @@ def block_name(kind: str, gate: str) -> str:
     return f"{kind}_{gate}" if gate else kind
 
 
+def tensor_of(layout: GateLayout, block: str) -> str | None:
+    """The tensor role (as the layout names it) that holds a block, e.g. TF1 W_f → "kernel"."""
+    for part in layout.parts:
+        names = {part.kinds[0]} if part.whole else {block_name(k, g) for k in part.kinds for g in part.gates}
+        if block in names:
+            return part.tensor
+    return None
+
+
 @dataclass(frozen=True)
 class Sizes:
     """The sizes a layout's blocks are cut to."""

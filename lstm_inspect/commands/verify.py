@@ -37,22 +37,30 @@ CONV_KEYS = ("strides", "padding", "dilation_rate", "data_format")
 # Child side: read the file (no TensorFlow here)
 # ============================================================================================
 
-def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True) -> dict[str, Any]:
-    """Everything `verify` and `convert` need from the file, as plain data (runs guarded)."""
-    from lstm_inspect.cells import directions, select
+def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True,
+            forget_bias: float | None = None) -> dict[str, Any]:
+    """Everything `verify` and `convert` need from the file, as plain data (runs guarded).
+    `forget_bias`: the run-time forget bias of TF1 LSTM cells as the user states it."""
+    from lstm_inspect.cells import directions, select, with_forget_bias
     from lstm_inspect.commands.split import file_sha256
     from lstm_inspect.formats import open_model
+    from lstm_inspect.model import Framework
 
     with open_model(path) as model:
-        dirs = select(directions(model), patterns)
+        dirs = with_forget_bias(select(directions(model), patterns), forget_bias)
         if not dirs:
             raise UsageError("the model has no recurrent layers")
         owners = _weight_owners(model)
         producer = _producer(model.keras_version, dirs)
-        out = [_facts(d, owners, producer, model.keras_version, file_tensors) for d in dirs]
-        return {"file": str(path), "name": os.path.basename(os.path.normpath(str(path))),
+        tensorflow = model.framework is Framework.TENSORFLOW  # its own tensors are read by TF's loader
+        out = [_facts(d, owners, producer, model.keras_version, file_tensors and not tensorflow) for d in dirs]
+        data = {"file": str(path), "name": os.path.basename(os.path.normpath(str(path))),
                 "format": model.format, "keras_version": model.keras_version, "producer": producer,
-                "sha256": file_sha256(path), "directions": out}
+                "sha256": file_sha256(path), "directions": out, "framework": model.framework.value}
+        if tensorflow:
+            from lstm_inspect.commands import verify_tf
+            verify_tf.add_facts(data, str(path), dirs)
+        return data
 
 
 def _weight_owners(model) -> dict[int, tuple[Any, tuple[Any, ...]]]:
@@ -150,6 +158,9 @@ def _facts(d, owners, producer: str | None, version: str | None, file_tensors: b
         "blocks": {b.name: _as_float(b.read(), b.source.dtype) for b in d.blocks},
         "file_tensors": None, "file_tensors_note": None, "notes": notes,
         "corrections": list(d.corrections),
+        # cells of other frameworks (None for Keras): projection, run-time forget bias, clipping
+        "projection_size": d.projection_size, "forget_bias": d.forget_bias, "cell_clip": d.cell_clip,
+        "proj_clip": d.proj_clip, "source_layout": d.source_layout,
     }
     if file_tensors:
         try:

@@ -138,7 +138,17 @@ def _tf1_layers(bundle: Bundle, grouping: tf1.Grouping, duplicates: set[str]) ->
             keras_groups[top].extend(_weight(bundle, n, n) for n in names)
             continue
         layers.append(_plain_layer(bundle, scope, names))
-    return [infer_layer(layer.name, keras_groups[layer.name]) if not layer.class_name else layer for layer in layers]
+    return [infer_layer(layer.name, _keras_order(keras_groups[layer.name])) if not layer.class_name else layer
+            for layer in layers]
+
+
+_KERAS_ORDER = {name: k for k, name in enumerate(
+    ("embeddings", "kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"))}
+
+
+def _keras_order(weights: list[Weight]) -> list[Weight]:
+    """A TF1 index lists names alphabetically (bias before kernel); Keras's own order where known."""
+    return sorted(weights, key=lambda w: _KERAS_ORDER.get(w.short_name, len(_KERAS_ORDER)))
 
 
 def _keras_scopes(groups: Mapping[str, list[str]]) -> set[str]:
@@ -151,7 +161,7 @@ def _keras_scopes(groups: Mapping[str, list[str]]) -> set[str]:
 
 def _plain_layer(bundle: Bundle, scope: str, names: Sequence[str]) -> Layer:
     """Variables that are not a recurrent cell, grouped by scope; a class when the names tell."""
-    weights = tuple(_weight(bundle, n, n) for n in names)
+    weights = tuple(_keras_order([_weight(bundle, n, n) for n in names]))
     inferred = infer_layer(scope, weights)
     cls = inferred.class_name if not inferred.class_name.startswith("Unknown") and not inferred.children \
         else "Variables"
