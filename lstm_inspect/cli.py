@@ -175,7 +175,7 @@ def summary(
             failed = failed or exit_.exit_code
     if results:
         if fmt is OutputFormat.JSON:
-            sys.stdout.write(render.render_json(results, as_list=len(models) > 1))
+            render.write_json(results, sys.stdout, as_list=len(models) > 1)
         elif fmt is OutputFormat.MARKDOWN:
             sys.stdout.write(render.render_markdown(results))
         else:

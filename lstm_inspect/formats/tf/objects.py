@@ -118,10 +118,22 @@ def catalogue(graph: TrackableObjectGraph, has_entry: Callable[[str], tuple | No
             result.optimizer.append(variable.key)
         else:
             result.other.append(variable)
+    _unique_names(result.model)
     if result.duplicates:
         result.notes.append(f"{result.duplicates} variables are stored twice (variables/ and _all_variables/, "
                             "as Keras 3's export writes them): counted once")
     return result
+
+
+def _unique_names(model: list[ObjectVariable]) -> None:
+    """Variables of plain tf.Modules often share a name (`Variable`): name those by their object path."""
+    counts: dict[str, int] = {}
+    for v in model:
+        counts[v.name] = counts.get(v.name, 0) + 1
+    for k, v in enumerate(model):
+        if counts[v.name] > 1:
+            path = v.key[: -len(_ATTRIBUTE_SUFFIX)] if v.key.endswith(_ATTRIBUTE_SUFFIX) else v.key
+            model[k] = ObjectVariable(v.node, v.key, path)
 
 
 def _variable(graph: TrackableObjectGraph, node: int, has_entry: Callable[[str], tuple | None],

@@ -191,14 +191,9 @@ def _meta_version(prefix: str, limits: Limits) -> str | None:
 # ----------------------------------------------------------------------------------------- TF2
 def _read_object_based(bundle: Bundle, numeric: Mapping[str, TensorEntry], saved_model_dir: str | None,
                        limits: Limits, notes: list[str]) -> dict:
-    raw = bundle.read_strings(protos.OBJECT_GRAPH_KEY)
-    if len(raw) != 1:
-        raise CorruptModelError(f"{protos.OBJECT_GRAPH_KEY} is not a single string")
-    graph = protos.parse_trackable_object_graph(raw[0], limits)
     fields: dict[str, Any] = {}
     saved = _saved_model_facts(saved_model_dir, limits) if saved_model_dir else None
-    names = saved["names"] if saved else {}
-    listing = objects.catalogue(graph, lambda key: _signature(numeric, key), names)
+    listing = _catalogue(bundle, numeric, saved["names"] if saved else {}, limits)
     notes += listing.notes
     trainable = saved["trainable"] if saved else {}
     weights = [_weight(bundle, v.key, v.name, trainable.get(v.node, True)) for v in listing.model]
@@ -223,6 +218,16 @@ def _read_object_based(bundle: Bundle, numeric: Mapping[str, TensorEntry], saved
     fields.update(layers=tuple(layers), optimizer_params=opt_values)
     notes.append("object-based (TF2) checkpoint: variables named by the object graph's full_name")
     return fields
+
+
+def _catalogue(bundle: Bundle, numeric: Mapping[str, TensorEntry], names: Mapping[int, str],
+               limits: Limits) -> objects.Catalogue:
+    """The variables by kind; the object graph itself is dropped on return (it can be large)."""
+    raw = bundle.read_strings(protos.OBJECT_GRAPH_KEY)
+    if len(raw) != 1:
+        raise CorruptModelError(f"{protos.OBJECT_GRAPH_KEY} is not a single string")
+    graph = protos.parse_trackable_object_graph(raw[0], limits)
+    return objects.catalogue(graph, lambda key: _signature(numeric, key), names)
 
 
 def _signature(numeric: Mapping[str, TensorEntry], key: str) -> tuple | None:
@@ -297,8 +302,10 @@ def _layers_from_names(bundle: Bundle, weights: Sequence[Weight], numeric: Mappi
                        ) -> list[Layer]:
     """No config: TF1 cells by scope (a tf.compat.v1 cell tracked in a TF2 object), then Keras layers
     by the first component of the variable names (after a model name all share, Keras 3 Sequential)."""
-    variables = {w.name: tf1.Variable(w.name, w.shape) for w in weights}
-    grouping = tf1.group(variables, [w.name for w in weights]) if len(variables) == len(weights) else None
+    grouping = None
+    if tf1.may_hold_cells(w.name for w in weights):
+        variables = {w.name: tf1.Variable(w.name, w.shape) for w in weights}
+        grouping = tf1.group(variables, [w.name for w in weights]) if len(variables) == len(weights) else None
     cells = {c.scope: c for c in grouping.cells} if grouping else {}
     by_name = {w.name: w for w in weights}
     in_cell = {n for c in cells.values() for n in c.roles.values()}
@@ -319,7 +326,11 @@ def _layers_from_names(bundle: Bundle, weights: Sequence[Weight], numeric: Mappi
         top = group_of[id(w)]
         if top not in emitted:
             emitted.add(top)
-            layers.append(infer_layer(top, groups[top]))
+            members = groups[top]
+            if len(members) == 1 and "/" not in members[0].name:  # a lone variable (tf.Module attribute)
+                layers.append(Layer(top, "Variables", None, True, (members[0],), inferred=True))
+            else:
+                layers.append(infer_layer(top, members))
     return layers
 
 

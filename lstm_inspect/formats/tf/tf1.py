@@ -153,6 +153,11 @@ def group(variables: Mapping[str, Variable], model_names: Sequence[str]) -> Grou
     return result
 
 
+def may_hold_cells(names: Iterable[str]) -> bool:
+    """Whether any name has a TF1 cell scope component (a cheap test before grouping)."""
+    return any(part in CELL_SCOPES for name in names for part in name.split("/")[:-1])
+
+
 def describe_cell(scope: str, shapes: Mapping[str, tuple[int, ...]]) -> CellScope | str:
     """The cell held by `scope`, from its variables' full names and shapes (every variable must lie
     under the scope and have a role name), or a note saying why it is not one."""
