@@ -157,7 +157,9 @@ def run() -> None:
 @app.command()
 def summary(
     models: Annotated[List[Path], typer.Argument(help="Model files (.h5, .hdf5, .keras, .weights.h5, "
-                                                      ".weights.json, or an unzipped .keras folder).")],
+                                                      ".weights.json, or an unzipped .keras folder; a "
+                                                      "TensorFlow checkpoint prefix, .index or folder; a "
+                                                      "SavedModel folder).")],
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
                                               help="Output format: table (default), json or markdown.")
                    ] = OutputFormat.TABLE,

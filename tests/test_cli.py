@@ -162,10 +162,15 @@ def test_names_from_files_are_escaped(tmp_path):
     ["summary", "--format", "json", "{sample}"],
     ["split-gates", "{sample}", "-o", "{tmp}/out.npz"],
     ["explain", "{sample}"],
+    ["summary", "{ckpt}"],  # a TF1 checkpoint, by its prefix (more TF files in tests/tf/test_tf_commands.py)
+    ["split-gates", "{ckpt}", "-o", "{tmp}/out.npz"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
     """Run the real console command in a fresh interpreter and list what it imported."""
-    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path) for a in command]
+    ckpt = ROOT.parent / "shared" / "corpus" / "char-rnn-tensorflow-laurajul__model.ckpt-248399"
+    if "{ckpt}" in command and not Path(f"{ckpt}.index").exists():
+        pytest.skip("the corpus TF checkpoint is not present")
+    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path, ckpt=ckpt) for a in command]
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['lstm-inspect'] + {args!r}\n"

@@ -286,3 +286,24 @@ def test_reading_path_imports_no_framework_and_no_h5py(tfzoo, tmp_path, command)
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.rstrip().endswith("IMPORTED:"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("member", ["keras_metadata.pb", "saved_model.pb"])
+def test_damaged_savedmodel_metadata_is_exit_2_or_read(tfzoo, tmp_path, member):
+    """Truncated or flipped keras_metadata.pb / saved_model.pb: a typed error (exit 2) or a summary,
+    never an internal error (exit 3) or a hang."""
+    folder = tmp_path / "sm"
+    shutil.copytree(tfzoo.path(tfzoo.case("tf_keras_savedmodel")["dir"]), folder)
+    target = folder / member
+    original = target.read_bytes()
+    step = max(1, len(original) // 25)
+    outcomes = set()
+    for at in range(0, len(original), step):
+        for damaged in (original[:at], original[:at] + bytes([original[at] ^ 0x5A]) + original[at + 1:]):
+            target.write_bytes(damaged)
+            from lstm_inspect.cli import app
+            from .helpers import RUNNER
+            result = RUNNER.invoke(app, ["summary", "-f", "json", str(folder)])
+            assert result.exit_code in (0, 2), (at, result.output)
+            outcomes.add(result.exit_code)
+    assert 2 in outcomes
