@@ -91,7 +91,10 @@ def check(data: Mapping[str, Any], *, steps: int = 7, batch: int = 3, seed: int 
         raise UsageError("--steps and --batch must be at least 1")
     tf = _tensorflow()
     prefix = data["tf_prefix"]
-    reader = tf.train.load_checkpoint(prefix)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except Exception as exc:  # noqa: BLE001 - TensorFlow's own refusal: every direction says why
+        reader = _Refused(exc)
     flavor = ref.hard_sigmoid_flavor(data.get("producer"))
     graph_biases = forget_biases_from_meta(prefix)
     impls = {"keras": keras_verify._Keras("keras"), "tf_keras": keras_verify._Keras("tf_keras")}
@@ -100,8 +103,12 @@ def check(data: Mapping[str, Any], *, steps: int = 7, batch: int = 3, seed: int 
         if f["tf"]["tf1"]:
             results.append(_check_tf1(f, reader, graph_biases, steps, batch, seed, tolerance))
             continue
-        f = dict(f, file_tensors=_keras_file_tensors(f, reader),
-                 file_tensors_note="the file's tensors as TensorFlow's checkpoint reader returns them")
+        try:
+            f = dict(f, file_tensors=_keras_file_tensors(f, reader),
+                     file_tensors_note="the file's tensors as TensorFlow's checkpoint reader returns them")
+        except Exception as exc:  # noqa: BLE001 - checked against the blocks only, and said so
+            f = dict(f, file_tensors=None, file_tensors_note=f"not checked: TensorFlow's checkpoint reader "
+                                                             f"refused them ({_one_line(exc)})")
         results.append(keras_verify._check_one(f, impls, flavor, steps, batch, seed, tolerance))
     statuses = [r["status"] for r in results]
     overall = "fail" if "fail" in statuses else ("error" if "error" in statuses else "pass")
@@ -117,6 +124,20 @@ def check(data: Mapping[str, Any], *, steps: int = 7, batch: int = 3, seed: int 
             "tf.train.load_checkpoint reads them, against the same NumPy cell",
         ],
     }
+
+
+class _Refused:
+    """Stands for a checkpoint TensorFlow's reader cannot open (V1 partitioned variables, ...)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def get_tensor(self, name: str):
+        raise RuntimeError(f"tf.train.load_checkpoint failed: {_one_line(self.exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _keras_file_tensors(f: Mapping[str, Any], reader) -> list[np.ndarray]:
@@ -241,7 +262,11 @@ def _check_tf1(f: Mapping[str, Any], reader, graph_biases: Mapping[str, list[flo
     except ref.ReferenceUnsupported as exc:
         row["reason"] = str(exc)
         return row
-    file_values = {role: np.asarray(reader.get_tensor(key)) for role, key in f["tf"]["roles"].items()}
+    try:
+        file_values = {role: np.asarray(reader.get_tensor(key)) for role, key in f["tf"]["roles"].items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. TF cannot read partitioned V1 variables
+        row["reason"] = f"TensorFlow's checkpoint reader cannot read this cell's tensors: {_one_line(exc)}"
+        return row
     layout = layouts.LAYOUTS[f["tf"]["layout"]]
     recurrent = f.get("projection_size")
     fused = layouts.fuse(layout, f["blocks"], layouts.Sizes(f["units"], f["input_dim"], recurrent))
@@ -250,7 +275,7 @@ def _check_tf1(f: Mapping[str, Any], reader, graph_biases: Mapping[str, list[flo
         got_file, row["built_as"] = runner(f, file_values, x, tf_bias)
         got_blocks, _ = runner(f, fused, x, tf_bias)
     except Exception as exc:  # noqa: BLE001 - TensorFlow's own refusal, reported for this direction
-        row["reason"] = f"TensorFlow could not run the cell: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        row["reason"] = f"TensorFlow could not run the cell: {type(exc).__name__}: {_one_line(exc)}"
         return row
     if f["class"] in _RAW_OPS:
         row["notes"].append(f"TF 2.21 has no {f['class']} class: the raw {_RAW_OPS[f['class']]} op computes it, in "

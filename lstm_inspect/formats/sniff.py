@@ -78,8 +78,10 @@ def _tensorflow_folder(name: str) -> bool:
 def _tensorflow_file_name(name: str) -> bool:
     """Files of a checkpoint or SavedModel that are passed instead of the checkpoint itself."""
     base = os.path.basename(name)
-    if base in ("checkpoint", "saved_model.pb", "keras_metadata.pb") or _TF_DATA_SHARD.search(base):
+    if base in ("checkpoint",) or _TF_DATA_SHARD.search(base):
         return True
+    if base in ("saved_model.pb", "keras_metadata.pb"):  # only inside a SavedModel folder with its weights
+        return os.path.isfile(os.path.join(os.path.dirname(name) or ".", "variables", "variables.index"))
     if base.endswith(".meta") and os.path.isfile(name[: -len(".meta")] + ".index"):
         return True
     return base.endswith(".index") and _ends_with_table_magic(name, None)

@@ -47,6 +47,7 @@ def reports(tfzoo, tmp_path_factory):
         ("static_right_bias", [path("tf1_cells"), "-l", "static/*", "--forget-bias", "0.25"]),
         ("tf1_handmade", [path("tf1_handmade")]),
         ("tf1_v0", [path("tf1_v0")]),
+        ("tf1_v1", [path("tf1_v1")]),
         ("tf1_more", [path("tf1_more")]),
         ("tf1_more_wrong_bias", [path("tf1_more"), "-l", "enc/*"]),
         ("tf_keras_savedmodel", [path("tf_keras_savedmodel")]),
@@ -104,7 +105,7 @@ def test_the_right_forget_bias_passes(reports, name, path, bias):
     assert f"forget_bias={bias:g}" in row["built_as"]
 
 
-@pytest.mark.parametrize("name", ["tf1_handmade", "tf1_v0", "tf_keras_savedmodel", "keras3_fit", "corpus"])
+@pytest.mark.parametrize("name", ["tf1_handmade", "tf1_v0", "tf1_v1", "tf_keras_savedmodel", "keras3_fit", "corpus"])
 def test_other_files_pass(reports, name):
     if name not in reports:
         pytest.skip("the corpus checkpoint is not present")
