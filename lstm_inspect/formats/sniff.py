@@ -49,7 +49,7 @@ def sniff(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> Cont
     try:
         return _classify(head, userblock_hdf5, name)
     except NotAModelError:
-        if _ends_with_table_magic(path, st):  # a V1 checkpoint: one table file, no .index
+        if _ends_with_table_magic(path):  # a V1 checkpoint: one table file, no .index
             return Container.TENSORFLOW
         raise
 
@@ -84,10 +84,11 @@ def _tensorflow_file_name(name: str) -> bool:
         return os.path.isfile(os.path.join(os.path.dirname(name) or ".", "variables", "variables.index"))
     if base.endswith(".meta") and os.path.isfile(name[: -len(".meta")] + ".index"):
         return True
-    return base.endswith(".index") and _ends_with_table_magic(name, None)
+    return base.endswith(".index") and _ends_with_table_magic(name)
 
 
-def _ends_with_table_magic(path: str | os.PathLike[str], st: os.stat_result | None) -> bool:
+def _ends_with_table_magic(path: str | os.PathLike[str]) -> bool:
+    """A regular file ending in the TF/leveldb table magic (opened without blocking on a FIFO)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)

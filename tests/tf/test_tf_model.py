@@ -171,3 +171,16 @@ def test_corpus_checkpoint_matches_its_manifest_row(tfzoo):
     assert data["optimizer_params"] == sum(sizes[n] for n in optimizer)
     assert data["total_params"] == sum(v for n, v in sizes.items() if n not in optimizer)
     assert [r["input_dim"] for r in data["recurrent"]] == [128, 128]  # kernel (256, 512) = (128 + 128, 4·128)
+
+
+def test_a_damaged_meta_file_only_costs_the_version(tfzoo, tmp_path):
+    prefix = case_path(tfzoo, "tf1_cells")
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        shutil.copy(path, tmp_path / path.name)
+    copy = tmp_path / prefix.name
+    meta = tmp_path / (prefix.name + ".meta")
+    original = meta.read_bytes()
+    for damaged in (original[:10], b"\x0a\xff\xff\xff\xff\x0f" + original[6:], b"", original[:200]):
+        meta.write_bytes(damaged)
+        data = summary_json(copy)
+        assert data.get("producer") is None and data["total_params"] == summary_json(prefix)["total_params"]

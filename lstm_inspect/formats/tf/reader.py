@@ -169,23 +169,25 @@ def _plain_layer(bundle: Bundle, scope: str, names: Sequence[str]) -> Layer:
 
 
 def _meta_version(prefix: str, limits: Limits) -> str | None:
-    """The TensorFlow version in the MetaInfoDef at the start of `PREFIX.meta`, when the file exists.
-    Reads at most the first few MiB: field 1 of a MetaGraphDef comes first."""
+    """The TensorFlow version in the MetaInfoDef that leads `PREFIX.meta` (field 1 of a MetaGraphDef is
+    written first): the field's header, then that field alone (the graph after it is never read)."""
     path = prefix + ".meta"
     if not os.path.isfile(path):
         return None
     try:
         with open(path, "rb") as fh:
-            head = fh.read(min(_META_PREFIX_BYTES, limits.max_file_bytes))
-        for number, wire, value in pw.iter_fields(head):
-            if number == 1 and wire == pw.LENGTH:
-                info = pw.parse(value)
-                version = pw.as_str(pw.first(info, 5)).strip()
-                return f"TensorFlow {printable(version, 80)}" if version else None
-            break
+            head = fh.read(16)
+            if len(head) < 2 or head[0] != 0x0A:  # field 1, length-delimited
+                return None
+            length, start = pw.read_varint(memoryview(head), 1, len(head))
+            if length > min(_META_PREFIX_BYTES, limits.max_file_bytes):
+                return None
+            fh.seek(start)
+            info = pw.parse(fh.read(length))
+        version = pw.as_str(pw.first(info, 5)).strip()
+        return f"TensorFlow {printable(version, 80)}" if version else None
     except (OSError, pw.ProtoError, UnicodeDecodeError):
-        return None  # a damaged or huge .meta only costs the version, never the checkpoint
-    return None
+        return None  # a damaged .meta only costs the version, never the checkpoint
 
 
 # ----------------------------------------------------------------------------------------- TF2
@@ -204,7 +206,7 @@ def _read_object_based(bundle: Bundle, numeric: Mapping[str, TensorEntry], saved
                       name=root.name, class_name=root.class_name)
         layers = _layers_from_config(root, weights)
     else:
-        layers = _layers_from_names(bundle, weights, numeric)
+        layers = _layers_from_names(weights)
     opt_values = sum(numeric[k].num_elements for k in listing.optimizer)
     if listing.optimizer:
         notes.append(_optimizer_note(len(listing.optimizer), opt_values, ()))
@@ -298,8 +300,7 @@ def _layers_from_config(root: Spec, weights: Sequence[Weight]) -> list[Layer]:
     return layers + [infer_layer(name, ws) for name, ws in leftover.items()]
 
 
-def _layers_from_names(bundle: Bundle, weights: Sequence[Weight], numeric: Mapping[str, TensorEntry]
-                       ) -> list[Layer]:
+def _layers_from_names(weights: Sequence[Weight]) -> list[Layer]:
     """No config: TF1 cells by scope (a tf.compat.v1 cell tracked in a TF2 object), then Keras layers
     by the first component of the variable names (after a model name all share, Keras 3 Sequential)."""
     grouping = None
@@ -346,8 +347,3 @@ def _keras_groups(weights: Sequence[Weight]) -> "OrderedDict[str, list[Weight]]"
         if len(inner) > 1 and not sides:  # `sequential/lstm/...`: the model's name leads every path
             return inner
     return groups
-
-
-def resolve_prefix(path: str | os.PathLike[str]) -> str | None:
-    """The checkpoint prefix a path leads to (for TensorFlow's own loader in `verify`)."""
-    return resolve(path).prefix
