@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lstm_inspect.cells import Direction, directions, select
+from lstm_inspect.cells import Direction, directions, select, with_forget_bias
 from lstm_inspect.commands.summary import summarize
 from lstm_inspect.formats import open_model
 from lstm_inspect.model import Model
@@ -18,18 +18,22 @@ from lstm_inspect.model import Model
 __all__ = ["open_model", "directions", "summary", "Model", "Direction"]
 
 
-def summary(path: str | os.PathLike) -> dict[str, Any]:
-    """Summary data of one file (reads metadata only, never weight values)."""
+def summary(path: str | os.PathLike, forget_bias: float | None = None) -> dict[str, Any]:
+    """Summary data of one file (reads metadata only, never weight values). `forget_bias`: the
+    run-time forget bias of TF1 LSTM cells, when the user knows it (not stored in checkpoints)."""
     with open_model(path) as model:
-        return summarize(model)
+        if forget_bias is None:
+            return summarize(model)
+        return summarize(model, with_forget_bias(directions(model), forget_bias))
 
 
-def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdown: bool = False) -> str:
+def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdown: bool = False,
+                 forget_bias: float | None = None) -> str:
     """The `explain` output for the selected directions, as text or Markdown."""
     from lstm_inspect.commands.explain import explain
     from lstm_inspect.render.explain import render_markdown, render_text
     with open_model(path) as model:
-        items = [explain(d) for d in select(directions(model), patterns)]
+        items = [explain(d) for d in with_forget_bias(select(directions(model), patterns), forget_bias)]
     if not items:
         return "no recurrent layers\n"
     return render_markdown(items) if markdown else render_text(items)
@@ -37,11 +41,12 @@ def explain_text(path: str | os.PathLike, patterns: tuple[str, ...] = (), markdo
 
 def split_gates(path: str | os.PathLike, out: str | os.PathLike, patterns: tuple[str, ...] = (),
                 force: bool = False, tmp_path: str | None = None, progress: bool = False,
-                source_hash: bool = True) -> dict[str, Any]:
+                source_hash: bool = True, forget_bias: float | None = None) -> dict[str, Any]:
     """Write per-gate blocks to an .npz (see commands.split.split_gates); returns what was written."""
     from lstm_inspect.commands.split import split_gates as _split
     result = _split(path, out, patterns, force=force, tmp_path=tmp_path,
-                    progress=_progress_bar() if progress else None, source_hash=source_hash)
+                    progress=_progress_bar() if progress else None, source_hash=source_hash,
+                    forget_bias=forget_bias)
     return {"output": result.output, "keys": list(result.keys), "directions": list(result.directions),
             "bytes": result.bytes_written}
 

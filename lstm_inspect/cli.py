@@ -58,6 +58,9 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file.")]
 LayerOpt = Annotated[List[str], typer.Option("--layer", "-l",
                                              help="Only directions whose path matches this glob (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")]
+ForgetBiasOpt = Annotated[Optional[float], typer.Option(
+    "--forget-bias", help="The run-time forget bias of TF1 LSTM cells (not stored in checkpoints; "
+                          "assumed 1.0 for BasicLSTMCell/LSTMCell, 0 for cuDNN-compatible cells).")]
 
 
 def stdout_console():
@@ -134,7 +137,10 @@ def scaled_timeout(*paths: Path) -> float:
     size = 0
     for p in paths:
         try:
-            files = [f for f in p.iterdir() if f.is_file()] if p.is_dir() else [p]
+            if p.is_dir():  # a SavedModel keeps its weights one level down, in variables/
+                files = [f for d in (p, p / "variables") if d.is_dir() for f in d.iterdir() if f.is_file()]
+            else:  # a TF checkpoint prefix names no file: its .index and .data-* shards
+                files = [p] if p.exists() else list(p.parent.glob(p.name + ".*"))
             size += sum(f.stat().st_size for f in files)
         except OSError:
             pass
@@ -151,10 +157,13 @@ def run() -> None:
 @app.command()
 def summary(
     models: Annotated[List[Path], typer.Argument(help="Model files (.h5, .hdf5, .keras, .weights.h5, "
-                                                      ".weights.json, or an unzipped .keras folder).")],
+                                                      ".weights.json, or an unzipped .keras folder; a "
+                                                      "TensorFlow checkpoint prefix, .index or folder; a "
+                                                      "SavedModel folder).")],
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
                                               help="Output format: table (default), json or markdown.")
                    ] = OutputFormat.TABLE,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Every layer with exact parameter counts, and per-gate W/U/b blocks of every recurrent layer."""
     from lstm_inspect.render import summary as render
@@ -163,12 +172,12 @@ def summary(
     for path in models:
         try:
             with _handle_errors():
-                results.append(guarded(api.summary, str(path), label=str(path)))
+                results.append(guarded(api.summary, str(path), forget_bias, label=str(path)))
         except typer.Exit as exit_:
             failed = failed or exit_.exit_code
     if results:
         if fmt is OutputFormat.JSON:
-            sys.stdout.write(render.render_json(results, as_list=len(models) > 1))
+            render.write_json(results, sys.stdout, as_list=len(models) > 1)
         elif fmt is OutputFormat.MARKDOWN:
             sys.stdout.write(render.render_markdown(results))
         else:
@@ -186,6 +195,7 @@ def split_gates(
     no_source_hash: Annotated[bool, typer.Option(
         "--no-source-hash", help="Do not record the source file's sha256 in __meta__ (saves ~1 s per GB).")
     ] = False,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Write every recurrent direction's per-gate W/U/b blocks (Keras math layout) to an .npz."""
     from lstm_inspect.writers.atomic import atomic_output
@@ -193,7 +203,8 @@ def split_gates(
         with atomic_output(output, force) as tmp:
             result = guarded(api.split_gates, str(model), str(output), tuple(layer), force=True,
                              tmp_path=tmp, progress=sys.stderr.isatty(), source_hash=not no_source_hash,
-                             label=str(model), output_path=tmp, timeout=scaled_timeout(model))
+                             forget_bias=forget_bias, label=str(model), output_path=tmp,
+                             timeout=scaled_timeout(model))
         say(f"wrote {len(result['keys'])} blocks of {len(result['directions'])} "
             f"recurrent direction(s) to {output}")
 
@@ -204,12 +215,13 @@ def explain(
     layer: Annotated[List[str], typer.Option("--layer", "-l", help="Only directions matching this glob.")
                      ] = [],  # noqa: B006
     fmt: Annotated[str, typer.Option("--format", "-f", help="text or markdown.")] = "text",
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Each recurrent cell's equations with this model's sizes, and what units/outputs/states mean."""
     with _handle_errors():
         if fmt not in ("text", "markdown"):
             raise UsageError(f"--format must be text or markdown, not {fmt!r}")
-        text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", label=str(model))
+        text = guarded(api.explain_text, str(model), tuple(layer), fmt == "markdown", forget_bias, label=str(model))
         sys.stdout.write(text)
 
 
@@ -227,6 +239,7 @@ def verify(
                                      "which onnxruntime computes in float32).")] = None,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
                                               case_sensitive=False)] = VerifyFormat.TABLE,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
 
@@ -235,28 +248,19 @@ def verify(
     one is not, 2 on bad input.
     """
     from lstm_inspect.commands import verify as verify_mod
-    from lstm_inspect.commands import verify_onnx
-    from lstm_inspect.render import verify as render
 
     with _handle_errors():
-        if guarded(verify_onnx.is_onnx, str(model), label=str(model)):  # onnxruntime, not Keras, runs it
-            from lstm_inspect.render import verify_onnx as render  # type: ignore[no-redef]
-            verify_onnx.require_onnxruntime()
-            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
-                           timeout=scaled_timeout(model))
-            tolerance = verify_onnx.DEFAULT_TOLERANCE if tolerance is None else tolerance
-            report = verify_onnx.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
-        else:
-            tolerance = 1e-5 if tolerance is None else tolerance
-            verify_mod.require_tensorflow()
-            # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
-            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
-                           timeout=scaled_timeout(model))
-            report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        # Read in the guarded child first: the frameworks start threads, and the guard forks.
+        data = guarded(verify_mod.collect, str(model), tuple(layer), True, forget_bias, label=str(model),
+                       timeout=scaled_timeout(model))
+        runner = verify_mod.runner_for(data["framework"])
+        runner.require()
+        tolerance = runner.tolerance if tolerance is None else tolerance
+        report = runner.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
     if fmt is VerifyFormat.JSON:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        render.render_table(report, stdout_console())
+        runner.render_table(report, stdout_console())
     rows = report["directions"]
     failed = [r for r in rows if r["status"] == "fail"]
     errors = [r for r in rows if r["status"] == "error"]
@@ -281,6 +285,7 @@ def convert(
                                              help="Only layers whose path matches this glob (repeatable).")
                      ] = [],  # noqa: B006
     force: ForceOpt = False,
+    forget_bias: ForgetBiasOpt = None,
 ) -> None:
     """Write recurrent weights for torch.nn.LSTM/GRU/RNN (safetensors) or as ONNX LSTM/GRU/RNN models."""
     from lstm_inspect.commands import convert as convert_mod
@@ -290,7 +295,7 @@ def convert(
         convert_mod.require(to.value)
         if output.exists() and not force:
             raise UsageError(f"{output} already exists (use --force to replace it)")
-        data = guarded(verify_mod.collect, str(model), tuple(layer), False, label=str(model),
+        data = guarded(verify_mod.collect, str(model), tuple(layer), False, forget_bias, label=str(model),
                        timeout=scaled_timeout(model))
         write = convert_mod.write_pytorch if to is Target.PYTORCH else convert_mod.write_onnx
         result = write(data, output, force)

@@ -12,7 +12,7 @@ from lstm_inspect.cells.core import GATE_MEANING, GATES, Block, CellKind, Direct
 from lstm_inspect.errors import UsageError
 from lstm_inspect.model import Framework, Model
 
-__all__ = ["directions", "select", "Block", "CellKind", "Direction", "Transform", "GATES", "GATE_MEANING"]
+__all__ = ["directions", "select", "with_forget_bias", "Block", "CellKind", "Direction", "Transform", "GATES", "GATE_MEANING"]
 
 
 def directions(model: Model) -> list[Direction]:
@@ -27,7 +27,22 @@ def _builder(framework: Framework) -> Callable[[Model], list[Direction]]:
     if framework is Framework.ONNX:
         from lstm_inspect.cells.onnx import onnx_directions
         return onnx_directions
+    if framework is Framework.TENSORFLOW:
+        from lstm_inspect.cells.tf import tf_directions
+        return tf_directions
     raise NotImplementedError(f"no cell builder for {framework.value} models")
+
+
+def with_forget_bias(dirs: Sequence[Direction], value: float | None) -> list[Direction]:
+    """`--forget-bias F`: the run-time forget bias of the cells that add one (TF1 LSTM cells), as the
+    user states it; the stored b_f stays as stored. A usage error when no selected cell adds one."""
+    if value is None:
+        return list(dirs)
+    if not any(d.forget_bias is not None for d in dirs):
+        raise UsageError("--forget-bias applies to cells that add a forget bias at run time (TF1 LSTM cells); "
+                         "none is selected")
+    from lstm_inspect.cells.tf import with_forget_bias as replace_bias
+    return replace_bias(list(dirs), value)
 
 
 def select(dirs: Sequence[Direction], patterns: Iterable[str]) -> list[Direction]:

@@ -84,6 +84,15 @@ def block_name(kind: str, gate: str) -> str:
     return f"{kind}_{gate}" if gate else kind
 
 
+def tensor_of(layout: GateLayout, block: str) -> str | None:
+    """The tensor role (as the layout names it) that holds a block, e.g. TF1 W_f → "kernel"."""
+    for part in layout.parts:
+        names = {part.kinds[0]} if part.whole else {block_name(k, g) for k in part.kinds for g in part.gates}
+        if block in names:
+            return part.tensor
+    return None
+
+
 @dataclass(frozen=True)
 class Sizes:
     """The sizes a layout's blocks are cut to."""
@@ -304,6 +313,44 @@ def _onnx(kind: CellKind, gates: tuple[str, ...]) -> GateLayout:
                                   "B [directions, 2·n·H] = [Wb; Rb]; P [directions, 3H] peepholes i, o, f")
 
 
+def _tf1_lstm(name: str, native: Mapping[str, str], what: str) -> GateLayout:
+    """TF1 LSTM cells: kernel (input + recurrent, 4·units) with rows [x; h] (h has the projection's
+    size when there is one), gates side by side in the order i, j, f, o (j is the candidate)."""
+    gates = ("i", "c", "f", "o")
+    return GateLayout(name, CellKind.LSTM, (
+        Part("kernel", ("W", "U"), gates, stack=Stack.ROWS),
+        Part("bias", ("b",), gates, optional=True),
+        Part("w_i_diag", ("p",), ("i",), optional=True),
+        Part("w_f_diag", ("p",), ("f",), optional=True),
+        Part("w_o_diag", ("p",), ("o",), optional=True),
+        Part("projection/kernel", ("P",), ("",), optional=True, whole=True)),
+        native=native,
+        description=f"{what}: kernel (input + h, 4·units), rows [x; h], used as [x, h] @ kernel; gates "
+                    f"{', '.join(native.get(g, g) for g in gates)}; optional peepholes w_i_diag, w_f_diag, "
+                    "w_o_diag (units,) and projection/kernel (units, num_proj); forget_bias added at run "
+                    "time, not stored")
+
+
+def _tf1_gru() -> GateLayout:
+    """TF1 GRUCell (and contrib GRUBlockCell, mapped by shape): gates/kernel (input + units, 2·units)
+    holding r, u (u is Keras's z), and candidate/kernel (input + units, units) applied to [x; r ⊙ h]."""
+    return GateLayout("tf1-gru", CellKind.GRU, (
+        Part("gates/kernel", ("W", "U"), ("r", "z"), stack=Stack.ROWS),
+        Part("gates/bias", ("b",), ("r", "z"), optional=True),
+        Part("candidate/kernel", ("W", "U"), ("h",), stack=Stack.ROWS),
+        Part("candidate/bias", ("b",), ("h",), optional=True)),
+        native={"z": "u"},
+        description="TF1 GRUCell: gates/kernel (input + units, 2·units), rows [x; h], gates r, u (u = z); "
+                    "candidate/kernel (input + units, units) on [x; r ⊙ h] (Keras reset_after=False)")
+
+
+def _tf1_rnn() -> GateLayout:
+    return GateLayout("tf1-rnn", CellKind.SIMPLE_RNN, (
+        Part("kernel", ("W", "U"), ("",), stack=Stack.ROWS),
+        Part("bias", ("b",), ("",), optional=True)),
+        description="TF1 BasicRNNCell: kernel (input + units, units), rows [x; h]")
+
+
 KERAS = {CellKind.LSTM: _keras(CellKind.LSTM, "keras-lstm"),
          CellKind.GRU: _keras(CellKind.GRU, "keras-gru"),
          CellKind.SIMPLE_RNN: _keras(CellKind.SIMPLE_RNN, "keras-simplernn"),
@@ -318,9 +365,15 @@ ONNX = {CellKind.LSTM: _onnx(CellKind.LSTM, ("i", "o", "f", "c")),
         CellKind.GRU: _onnx(CellKind.GRU, ("z", "r", "h")),
         CellKind.SIMPLE_RNN: _onnx(CellKind.SIMPLE_RNN, ("",))}
 
+TF1 = {"lstm": _tf1_lstm("tf1-lstm", {"c": "j"}, "TF1 BasicLSTMCell / LSTMCell / contrib LSTMBlockCell"),
+       "cudnn-compatible-lstm": _tf1_lstm("tf1-cudnn-compatible-lstm", {},
+                                          "contrib CudnnCompatibleLSTMCell (CudnnLSTM's canonical copy)"),
+       "gru": _tf1_gru(),
+       "rnn": _tf1_rnn()}
+
 LAYOUTS: dict[str, GateLayout] = {
     layout.name: layout
-    for table in (KERAS, CUDNN, KERAS1, PYTORCH, ONNX)
+    for table in (KERAS, CUDNN, KERAS1, PYTORCH, ONNX, TF1)
     for layout in table.values()
 }
 LAYOUTS[KERAS_GRU_RESET_AFTER.name] = KERAS_GRU_RESET_AFTER

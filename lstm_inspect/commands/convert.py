@@ -89,6 +89,17 @@ def _check_common(m: Mapping[str, Any], target: str) -> None:
     refused = next((d["refuse"] for d in dirs if d.get("refuse")), None)  # what the reader knows cannot convert
     if refused:
         raise UsageError(f"{where}: {refused}")
+    peepholes = any(name.startswith("p_") for name in first["blocks"])
+    if peepholes and target == "pytorch":
+        raise UsageError(f"{where}: {first['class']} has peepholes, which torch.nn.LSTM does not compute "
+                         f"(--to onnx keeps them: ONNX LSTM input P)")
+    if first.get("projection_size") and target == "onnx":
+        raise UsageError(f"{where}: {first['class']} has a projection (num_proj {first['projection_size']}), which "
+                         f"the ONNX LSTM operator does not compute (--to pytorch keeps it: proj_size)")
+    if first.get("proj_clip") or first.get("cell_clip"):
+        # ONNX's `clip` bounds every gate's input, not the cell state: no target computes this clipping
+        raise UsageError(f"{where}: {first['class']} clips its cell state or projection; "
+                         f"{'torch.nn.LSTM' if target == 'pytorch' else 'the ONNX LSTM operator'} does not")
     if m["bidirectional"]:
         fwd, bwd = dirs
         for key in ("kind", "units", "input_dim", "use_bias", "reset_after", "activation",
@@ -137,9 +148,32 @@ def _dtype(m: Mapping[str, Any], allow64: bool) -> np.dtype:
 
 
 def fused_tensors(f: Mapping[str, Any], table: Mapping[CellKind, layouts.GateLayout]) -> dict[str, np.ndarray]:
-    """One direction's blocks fused into a framework's tensors (by role), through its gate layout."""
+    """One direction's blocks fused into a framework's tensors (by role), through its gate layout;
+    a run-time forget bias (TF1 cells) is folded into b_f, since no target adds one."""
     layout = table[CellKind(f["kind"])]
-    return layouts.fuse(layout, f["blocks"], layouts.Sizes(f["units"], f["input_dim"]))
+    return layouts.fuse(layout, effective_blocks(f), layouts.Sizes(f["units"], f["input_dim"], f.get("projection_size")))
+
+
+def effective_blocks(f: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
+    """The blocks with the cell's run-time forget bias added to b_f (unchanged when it has none)."""
+    bias = f.get("forget_bias")
+    if not bias or f["kind"] != "LSTM":
+        return f["blocks"]
+    blocks = dict(f["blocks"])
+    stored = blocks.get("b_f")
+    if stored is None:  # a cell without bias: every gate gets a bias so the forget gate can carry it
+        for gate in "ifco":
+            blocks[f"b_{gate}"] = np.zeros(f["units"], dtype=np.asarray(blocks["W_f"]).dtype)
+        stored = blocks["b_f"]
+    blocks["b_f"] = np.asarray(stored) + np.asarray(bias, dtype=np.asarray(stored).dtype)
+    return blocks
+
+
+def _forget_bias_note(f: Mapping[str, Any]) -> list[str]:
+    if f["kind"] != "LSTM" or f.get("forget_bias") is None:
+        return []
+    return [f"{f['path']}: the run-time forget_bias {f['forget_bias']:g} of the TF cell is folded into the "
+            f"forget gate's bias (b_f + {f['forget_bias']:g}); the TF file stores b_f without it"]
 
 
 def torch_tensors(f: Mapping[str, Any], prefix: str, suffix: str, dtype) -> dict[str, np.ndarray]:
@@ -208,8 +242,10 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
         for f_side, suffix in zip(m["directions"], ("", "_reverse")):
             tensors.update(torch_tensors(f_side, prefix, suffix, dtype))
         kwargs = {"input_size": f["input_dim"], "hidden_size": f["units"], "num_layers": 1,
-                  "bias": bool(f["use_bias"]), "batch_first": True, "bidirectional": m["bidirectional"],
-                  **extra}
+                  "bias": bool(f["use_bias"]) or bool(f.get("forget_bias")), "batch_first": True,
+                  "bidirectional": m["bidirectional"], **extra}
+        if f.get("projection_size"):
+            kwargs["proj_size"] = f["projection_size"]
         reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
         call = "out, _ = module(x.flip(1))" if reverse else "out, _ = module(x)"
         notes = []
@@ -222,6 +258,11 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
             notes.append("bias_ih holds the Keras bias and bias_hh zeros (PyTorch adds them)")
         if f.get("stateful"):
             notes.append("stateful in Keras: carry (h, c) between calls yourself")
+        for side in m["directions"]:
+            notes.extend(_forget_bias_note(side))
+        if f.get("projection_size"):
+            notes.append(f"projection: weight_hr_l0 is the TF projection P transposed; h and the output have "
+                         f"proj_size = {f['projection_size']} features")
         notes.extend(_side_note(m))
         if dtype == np.float32 and f["dtype"] not in ("float32",):
             notes.append(f"weights stored as {f['dtype']} in the file, written as float32")
@@ -304,8 +345,14 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
     sides = [fused_tensors(d, layouts.ONNX) for d in m["directions"]]
     H, I = f["units"], f["input_dim"]
     inputs = ["X_tm", "W", "R"] + (["B"] if "B" in sides[0] else [])
+    if "P" in sides[0]:  # peepholes: input 7, after sequence_lens, initial_h and initial_c (omitted)
+        if "B" not in sides[0]:
+            for t in sides:
+                t["B"] = np.zeros(8 * H, dtype=np.float32)
+            inputs.append("B")
+        inputs += ["", "", "", "P"]
     inits = [numpy_helper.from_array(np.stack([t[name] for t in sides]).astype(np.float32), name)
-             for name in inputs[1:]]
+             for name in inputs[1:] if name]
     nodes = [helper.make_node("Transpose", ["X"], ["X_tm"], perm=[1, 0, 2], name="to_time_major")]
     reverse = bool(f.get("go_backwards")) and not m["bidirectional"]
     if reverse:  # Keras go_backwards: read the steps last to first, outputs in that order
@@ -339,6 +386,10 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
     if reverse:
         notes.append("go_backwards=True: the graph reverses X in time; Y is in Keras's (processing) order")
     notes.extend(_side_note(m))
+    for side in m["directions"]:
+        notes.extend(_forget_bias_note(side))
+    if "P" in sides[0]:
+        notes.append("peepholes p_i, p_o, p_f are the ONNX LSTM input P (order i, o, f)")
     if "HardSigmoid" in acts:
         notes.append(f"hard_sigmoid as {ref.HARD_SIGMOID[flavor]}: HardSigmoid(alpha="
                      f"{0.2 if flavor == 'keras2' else 1 / 6:.6g}, beta=0.5)")

@@ -32,6 +32,13 @@ def explain(d: Direction) -> Explanation:
     if d.source_layout.startswith("onnx-"):  # the operator's own equations and outputs
         from lstm_inspect.commands.explain_onnx import explain_onnx
         return explain_onnx(d)
+    from lstm_inspect.commands import explain_tf
+    if explain_tf.is_tf1(d):  # TF1 cells: TensorFlow's own equations (fused [x, h] kernel, forget_bias)
+        return Explanation(
+            title=f"{d.path} — {d.kind.value} (TF1 {d.class_name}): input_dim {d.input_dim}, num_units {d.units}"
+                  + (f", num_proj {d.projection_size}" if d.projection_size else ""),
+            equations=tuple(explain_tf.equations(d)), shapes=tuple(f"{b.name}: {_dims(b.shape)}" for b in d.blocks),
+            params=tuple(explain_tf.param_lines(d)), meaning=tuple(explain_tf.meaning(d)))
     return Explanation(
         title=f"{d.path} — {d.kind.value} ({d.class_name}): input_dim {d.input_dim}, units {d.units}",
         equations=tuple(_equations(d)),

@@ -224,7 +224,9 @@ def _check_numeric(arr: np.ndarray, w: Weight) -> np.ndarray:
 def tensor_sha256(w: Weight) -> str:
     digest = hashlib.sha256(f"{w.dtype};{','.join(str(d) for d in w.shape)};".encode())
     for chunk in iter_rows(w):
-        digest.update(memoryview(_check_numeric(chunk, w)).cast("B"))
+        array = _check_numeric(chunk, w)
+        if array.size:  # an empty tensor (a dimension of 0) adds no bytes; memoryview cannot cast it
+            digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
 

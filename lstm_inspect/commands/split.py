@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from lstm_inspect.cells import Block, Direction, Transform, directions, select
+from lstm_inspect.cells import Block, Direction, Transform, directions, select, with_forget_bias
 from lstm_inspect.errors import CorruptModelError
 from lstm_inspect.formats import open_model
 from lstm_inspect.model import Model, Weight
@@ -64,7 +64,7 @@ def unique_keys(keys: Sequence[str]) -> list[str]:
 
 def file_sha256(path: str | os.PathLike) -> str | None:
     p = Path(path)
-    if p.is_dir():
+    if not p.is_file():  # a folder, or a checkpoint prefix (several files, none of them the model)
         return None
     digest = hashlib.sha256()
     buffer = memoryview(bytearray(8 << 20))  # one buffer, refilled: no allocation per chunk
@@ -76,6 +76,31 @@ def file_sha256(path: str | os.PathLike) -> str | None:
 
 def metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]], source: str,
              sha256: str | None) -> dict:
+    meta = _keras_metadata(model, dirs, keys, source, sha256)
+    if model.framework.value != "keras":  # other frameworks' facts; Keras archives stay as they were
+        meta["source"].update(framework=model.framework.value, producer=model.producer)
+        for d in dirs:
+            meta["directions"][d.path].update(_framework_facts(d))
+    return meta
+
+
+FORGET_BIAS_RULE = ("b_f is written as stored; the cell adds forget_bias to the forget gate at run time, "
+                    "so the Keras-math forget gate is σ(x W_f + h U_f + b_f + forget_bias)")
+
+
+def _framework_facts(d: Direction) -> dict:
+    """What a direction of a non-Keras file adds to the archive's metadata (only what it states)."""
+    facts: dict = {"source_layout": d.source_layout, "notes": list(d.notes)}
+    if d.forget_bias is not None:
+        facts.update(forget_bias=d.forget_bias, forget_bias_folded=False, forget_bias_rule=FORGET_BIAS_RULE)
+    for key in ("projection_size", "cell_clip", "proj_clip", "go_backwards"):
+        if getattr(d, key) is not None:
+            facts[key] = getattr(d, key)
+    return facts
+
+
+def _keras_metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]], source: str,
+                    sha256: str | None) -> dict:
     return {
         "tool": "lstm-inspect",
         "schema": 1,
@@ -98,15 +123,35 @@ def metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, list[str]]
 
 
 def _streamable(block: Block) -> bool:
-    """A plain column slice (or all) of a tensor of rank >= 2, stored as the values themselves (not
-    quantized): readable in row chunks of its source."""
+    """A plain column slice (or all) of a band of rows of a tensor of rank >= 2, stored as the values
+    themselves (not quantized): readable in row chunks of its source. The band is all rows, or a
+    contiguous range of them (TF1 kernels stack the W rows and the U rows: [x; h])."""
     if block.transform is not Transform.NONE or len(block.source.shape) < 2 or block.source.quantization:
         return False
     if block.selection is Ellipsis:
         return True
     sel = block.selection
     return isinstance(sel, tuple) and len(sel) == len(block.source.shape) and isinstance(sel[-1], slice) \
-        and sel[-1].step in (None, 1) and all(s == slice(None) for s in sel[:-1])
+        and sel[-1].step in (None, 1) and _row_band(sel) is not None \
+        and all(s == slice(None) for s in sel[1:-1])
+
+
+def _row_band(selection) -> tuple[int, int | None] | None:
+    """(start, stop) of the rows a selection takes on axis 0: all of them, or a contiguous range."""
+    if selection is Ellipsis:
+        return 0, None
+    first = selection[0]
+    if not isinstance(first, slice) or first.step not in (None, 1):
+        return None
+    if (first.start is not None and first.start < 0) or (first.stop is not None and first.stop < 0):
+        return None
+    return first.start or 0, first.stop
+
+
+def _band_rows(block: Block) -> tuple[int, int]:
+    start, stop = _row_band(block.selection)  # type: ignore[misc]
+    rows = block.source.shape[0]
+    return min(start, rows), rows if stop is None else min(stop, rows)
 
 
 def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[], str],
@@ -119,22 +164,23 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
     members = [(key, np.dtype(b.dtype), b.shape) for key, b in blocks]
     members.append((META_KEY, np.array(placeholder).dtype, ()))
     total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, dtype, shape in members[:-1])
-    by_source: dict[str, list[tuple[int, Block]]] = {}
+    # Blocks of the same band of rows of one tensor share one sequential read of those rows.
+    by_source: dict[tuple[str, int, int], list[tuple[int, Block]]] = {}
     whole: list[tuple[int, Block]] = []
     for index, (_, block) in enumerate(blocks):
-        target = by_source.setdefault(block.source.location or str(id(block.source)), []) \
+        target = by_source.setdefault((block.source.location or str(id(block.source)),) + _band_rows(block), []) \
             if _streamable(block) else whole
         target.append((index, block))
     writer = NpzStreamWriter(tmp, members)
     done = 0
     try:
-        for group in by_source.values():
+        for (_, first, stop), group in by_source.items():
             source = group[0][1].source
             if source.extent is not None:
-                done = _copy_extent(writer, group, source, done, total, progress)
+                done = _copy_extent(writer, group, source, done, total, progress, first, stop)
                 continue
-            for rows in row_chunks(source.shape[0], source.nbytes // max(1, source.shape[0])):
-                data = source.read(rows)
+            for rows in row_chunks(stop - first, source.nbytes // max(1, source.shape[0])):
+                data = source.read(slice(first + rows.start, first + rows.stop))
                 for index, block in group:
                     part = data if block.selection is Ellipsis else data[..., block.selection[-1]]
                     writer.add(index, part)
@@ -161,15 +207,19 @@ def write_blocks(tmp: str, blocks: Sequence[tuple[str, Block]], meta: Callable[[
 
 
 def _copy_extent(writer: NpzStreamWriter, group: list[tuple[int, Block]], source: Weight, done: int,
-                 total: int, progress: ProgressFn | None) -> int:
-    """Copy column blocks straight from the source file's bytes: the tensor is read once, in bands
-    of rows (one `pread` each); each gate's columns of a band are gathered into a contiguous buffer
-    (one strided NumPy copy) and written with one `pwrite`. Memory: a band and one gathered band."""
+                 total: int, progress: ProgressFn | None, first: int = 0, stop: int | None = None) -> int:
+    """Copy column blocks straight from the source file's bytes: the rows first..stop of the tensor
+    are read once, in bands of rows (one `pread` each); each gate's columns of a band are gathered
+    into a contiguous buffer (one strided NumPy copy) and written with one `pwrite`. Memory: a band
+    and one gathered band."""
     path, offset = source.extent  # type: ignore[misc]
     width = source.shape[-1]
-    rows_total = source.size // max(1, width)
     itemsize = source.nbytes // max(1, source.size)
     row_bytes = width * itemsize
+    per_first_axis = source.size // max(1, source.shape[0]) // max(1, width)  # rows of a 2-D view per axis-0 index
+    stop = source.shape[0] if stop is None else stop
+    offset += first * per_first_axis * row_bytes
+    rows_total = (stop - first) * per_first_axis
     band_rows = next(row_chunks(rows_total, row_bytes), slice(0, 0)).stop
     # Copy elements as unsigned integers of their width: no float conversion, NaN payloads intact.
     element = np.dtype(f"<u{itemsize}")
@@ -177,7 +227,7 @@ def _copy_extent(writer: NpzStreamWriter, group: list[tuple[int, Block]], source
     gathered = np.empty(band_rows * width, dtype=element)
     fd = os.open(path, os.O_RDONLY)
     try:
-        if offset + source.nbytes > os.fstat(fd).st_size:
+        if offset + rows_total * row_bytes > os.fstat(fd).st_size:
             raise CorruptModelError(f"weight {source.name} extends past the end of the file")
         for rows in row_chunks(rows_total, row_bytes):
             n = rows.stop - rows.start
@@ -208,7 +258,8 @@ def _pread_exactly(fd: int, view: memoryview, position: int, name: str) -> None:
 
 def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns: Iterable[str] = (),
                 force: bool = False, progress: ProgressFn | None = None,
-                tmp_path: str | None = None, source_hash: bool = True) -> SplitResult:
+                tmp_path: str | None = None, source_hash: bool = True,
+                forget_bias: float | None = None) -> SplitResult:
     """Write every selected direction's per-gate blocks to `out` (.npz), atomically.
 
     With `tmp_path` the caller owns the temporary file (the guarded CLI: the child writes it, the
@@ -217,7 +268,7 @@ def split_gates(model_path: str | os.PathLike, out: str | os.PathLike, patterns:
     of splitting a big file: about 1 s per GB here).
     """
     with open_model(model_path) as model:
-        dirs = select(directions(model), patterns)
+        dirs = with_forget_bias(select(directions(model), patterns), forget_bias)
         keys = {d.path: unique_keys([sanitize_key(d.path, b.name) for b in d.blocks]) for d in dirs}
         # Keys must also be unique across directions (two hostile paths may sanitise alike).
         flat = unique_keys([k for d in dirs for k in keys[d.path]])

@@ -19,7 +19,8 @@ import importlib.util
 import os
 import zlib
 from contextlib import contextmanager
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,17 +36,49 @@ CONV_KEYS = ("strides", "padding", "dilation_rate", "data_format")
 
 
 # ============================================================================================
+# Which framework runs the check
+# ============================================================================================
+
+@dataclass(frozen=True)
+class Runner:
+    """The parent-side check of one framework: what it needs installed, its default tolerance, the
+    check itself and the table renderer of its report."""
+
+    require: Callable[[], None]
+    check: Callable[..., dict]
+    render_table: Callable[[Mapping[str, Any], Any], None]
+    tolerance: float = 1e-5
+
+
+def runner_for(framework: str) -> Runner:
+    """Keras (and TF2 Keras-shaped layers) run in Keras, TF1 cells in TensorFlow, ONNX nodes in
+    onnxruntime; each imported only here, on the parent side."""
+    from lstm_inspect.render import verify as render
+    if framework == "onnx":
+        from lstm_inspect.commands import verify_onnx
+        from lstm_inspect.render import verify_onnx as render_onnx
+        return Runner(verify_onnx.require_onnxruntime, verify_onnx.check, render_onnx.render_table,
+                      verify_onnx.DEFAULT_TOLERANCE)
+    if framework == "tensorflow":
+        from lstm_inspect.commands import verify_tf
+        return Runner(require_tensorflow, verify_tf.check, render.render_table)
+    return Runner(require_tensorflow, check, render.render_table)
+
+
+# ============================================================================================
 # Child side: read the file (no TensorFlow here)
 # ============================================================================================
 
-def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True) -> dict[str, Any]:
-    """Everything `verify` and `convert` need from the file, as plain data (runs guarded)."""
-    from lstm_inspect.cells import directions, select
+def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True,
+            forget_bias: float | None = None) -> dict[str, Any]:
+    """Everything `verify` and `convert` need from the file, as plain data (runs guarded).
+    `forget_bias`: the run-time forget bias of TF1 LSTM cells as the user states it."""
+    from lstm_inspect.cells import directions, select, with_forget_bias
     from lstm_inspect.commands.split import file_sha256
     from lstm_inspect.formats import open_model
 
     with open_model(path) as model:
-        dirs = select(directions(model), patterns)
+        dirs = with_forget_bias(select(directions(model), patterns), forget_bias)
         if not dirs:
             raise UsageError("the model has no recurrent layers")
         if model.framework is Framework.ONNX:
@@ -53,10 +86,15 @@ def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True) 
             return collect_model(model, path, dirs, file_tensors)
         owners = _weight_owners(model)
         producer = _producer(model.keras_version, dirs)
-        out = [_facts(d, owners, producer, model.keras_version, file_tensors) for d in dirs]
-        return {"file": str(path), "name": os.path.basename(os.path.normpath(str(path))),
+        tensorflow = model.framework is Framework.TENSORFLOW  # its own tensors are read by TF's loader
+        out = [_facts(d, owners, producer, model.keras_version, file_tensors and not tensorflow) for d in dirs]
+        data = {"file": str(path), "name": os.path.basename(os.path.normpath(str(path))),
                 "format": model.format, "keras_version": model.keras_version, "producer": producer,
-                "sha256": file_sha256(path), "directions": out}
+                "sha256": file_sha256(path), "directions": out, "framework": model.framework.value}
+        if tensorflow:
+            from lstm_inspect.commands import verify_tf
+            verify_tf.add_facts(data, str(path), dirs)
+        return data
 
 
 def _weight_owners(model) -> dict[int, tuple[Any, tuple[Any, ...]]]:
@@ -154,6 +192,9 @@ def _facts(d, owners, producer: str | None, version: str | None, file_tensors: b
         "blocks": {b.name: _as_float(b.read(), b.source.dtype) for b in d.blocks},
         "file_tensors": None, "file_tensors_note": None, "notes": notes,
         "corrections": list(d.corrections),
+        # cells of other frameworks (None for Keras): projection, run-time forget bias, clipping
+        "projection_size": d.projection_size, "forget_bias": d.forget_bias, "cell_clip": d.cell_clip,
+        "proj_clip": d.proj_clip, "source_layout": d.source_layout,
     }
     if file_tensors:
         try:

@@ -43,15 +43,6 @@ _WEIGHT_ROLES = ("W", "R", "B", "P")
 # Child side: read the file (no onnx, no onnxruntime)
 # ============================================================================================
 
-def is_onnx(path: str) -> bool:
-    """Whether the file sniffs as ONNX (any error: no; the Keras path reports it as before)."""
-    from lstm_inspect.formats.sniff import Container, sniff
-    try:
-        return sniff(path) is Container.ONNX
-    except InspectError:
-        return False
-
-
 def collect_model(model, path: str, dirs: Sequence[Direction], file_tensors: bool) -> dict[str, Any]:
     """What `verify` (file_tensors=True) or `convert` (False) needs from an ONNX model, as plain data.
 

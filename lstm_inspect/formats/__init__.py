@@ -49,6 +49,9 @@ def reader_for(container: Container) -> Reader:
     if container is Container.ONNX:
         from lstm_inspect.formats.onnx.reader import read_model
         return read_model
+    if container is Container.TENSORFLOW:
+        from lstm_inspect.formats.tf.reader import read_tensorflow
+        return read_tensorflow
     from lstm_inspect.formats.keras.files import READERS
     return READERS[container]
 

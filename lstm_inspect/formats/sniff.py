@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import stat
 
 from lstm_inspect.errors import CorruptModelError, NotAModelError, UnsafeModelError
@@ -22,6 +23,7 @@ class Container(enum.Enum):
     DIRECTORY = "directory"
     JSON = "json"
     ONNX = "onnx"
+    TENSORFLOW = "tensorflow"  # a TF checkpoint (prefix, .index, data shard, V1 file) or SavedModel folder
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -32,16 +34,76 @@ _HEAD_BYTES = 4096
 def sniff(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> Container:
     """Classify `path` without ever opening anything but a regular file (a FIFO would block)."""
     name = os.fsdecode(path)
+    if not os.path.lexists(name) and os.path.isfile(name + ".index"):
+        return Container.TENSORFLOW  # a checkpoint prefix names no file of its own
     st = stat_target(path, name)
     if stat.S_ISDIR(st.st_mode):
-        return Container.DIRECTORY
+        return Container.TENSORFLOW if _tensorflow_folder(name) else Container.DIRECTORY
     if st.st_size == 0:
         raise NotAModelError("empty file", file=name)
     if st.st_size > limits.max_file_bytes:
         raise UnsafeModelError(f"file is {size_text(st.st_size)}, over the {size_text(limits.max_file_bytes)} limit",
                                file=name)
+    if _tensorflow_file_name(name):
+        return Container.TENSORFLOW
     head, userblock_hdf5 = _read_magic(path, st, name)
-    return _classify(head, userblock_hdf5, name, st.st_size)
+    try:
+        return _classify(head, userblock_hdf5, name, st.st_size)
+    except NotAModelError:
+        if _ends_with_table_magic(path):  # a V1 checkpoint: one table file, no .index
+            return Container.TENSORFLOW
+        raise
+
+
+# --- TensorFlow: checkpoints are recognised by their file names, V1 files by the table magic at the end
+_TF_DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_TF_TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")
+_KERAS_FOLDER_FILES = ("config.json", "model.weights.h5", "metadata.json")
+
+
+def _tensorflow_folder(name: str) -> bool:
+    """A SavedModel folder, or a checkpoint folder (a `checkpoint` file, or one .index file)."""
+    join = os.path.join
+    if any(os.path.isfile(join(name, f)) for f in ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")):
+        return True
+    if os.path.isfile(join(name, "variables", "variables.index")) or os.path.isfile(join(name, "checkpoint")):
+        return True
+    if any(os.path.isfile(join(name, f)) for f in _KERAS_FOLDER_FILES):
+        return False
+    try:
+        return sum(1 for f in os.listdir(name) if f.endswith(".index")) == 1
+    except OSError:
+        return False
+
+
+def _tensorflow_file_name(name: str) -> bool:
+    """Files of a checkpoint or SavedModel that are passed instead of the checkpoint itself."""
+    base = os.path.basename(name)
+    if base in ("checkpoint",) or _TF_DATA_SHARD.search(base):
+        return True
+    if base in ("saved_model.pb", "keras_metadata.pb"):  # only inside a SavedModel folder with its weights
+        return os.path.isfile(os.path.join(os.path.dirname(name) or ".", "variables", "variables.index"))
+    if base.endswith(".meta") and os.path.isfile(name[: -len(".meta")] + ".index"):
+        return True
+    return base.endswith(".index") and _ends_with_table_magic(name)
+
+
+def _ends_with_table_magic(path: str | os.PathLike[str]) -> bool:
+    """A regular file ending in the TF/leveldb table magic (opened without blocking on a FIFO)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or now.st_size < 48:
+            return False
+        return _pread(fd, 8, now.st_size - 8) == _TF_TABLE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read_magic(path: str | os.PathLike[str], st: os.stat_result, name: str) -> tuple[bytes, bool]:

@@ -192,6 +192,14 @@ def render_markdown(summaries: list[dict]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def write_json(summaries: list[dict], stream, as_list: bool = False) -> None:
+    """`render_json` written piece by piece: the same bytes, without the whole text in memory (the
+    summary of a 12,000-variable checkpoint is megabytes of indented JSON)."""
+    data: Any = summaries if as_list else summaries[0]
+    json.dump(data, stream, indent=2)
+    stream.write("\n")
+
+
 def render_json(summaries: list[dict], as_list: bool = False) -> str:
     """One object for one file, a list when several files were asked for."""
     data: Any = summaries if as_list else summaries[0]

@@ -16,8 +16,11 @@ def render_table(report: Mapping[str, Any], console) -> None:
             + (f" {report['keras_version']}" if report.get("keras_version") else ""))
     console.print(head, markup=False, highlight=False)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col, justify in (("direction", "left"), ("kind", "left"), ("class", "left"), ("Keras layer", "left"),
-                         ("max |keras − numpy|", "right"), ("max |file − numpy|", "right"),
+    tensorflow = report.get("framework") == "tensorflow"
+    columns = (("TF cell or Keras layer", "max |blocks − numpy|") if tensorflow
+               else ("Keras layer", "max |keras − numpy|"))
+    for col, justify in (("direction", "left"), ("kind", "left"), ("class", "left"), (columns[0], "left"),
+                         (columns[1], "right"), ("max |file − numpy|", "right"),
                          ("result", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in report["directions"]:
@@ -29,7 +32,8 @@ def render_table(report: Mapping[str, Any], console) -> None:
     console.print(table)
     used = sorted({r["keras"] for r in report["directions"] if r.get("keras")})
     if used:
-        console.print(f"Keras side: {', '.join(used)}", markup=False, highlight=False)
+        console.print(f"{'Runtime' if tensorflow else 'Keras side'}: {', '.join(used)}", markup=False,
+                      highlight=False)
     shapes = sorted({tuple(r["input_shape"]) for r in report["directions"] if r.get("input_shape")})
     lines = [
         f"input {', '.join(str(s) for s in shapes) or '-'}, seeded normal (seed {report['seed']}); every step's "
@@ -37,6 +41,8 @@ def render_table(report: Mapping[str, Any], console) -> None:
         "keras − numpy: Keras given the split blocks fused back, against the NumPy cell built from the blocks",
         "file − numpy:  Keras given the file's own tensors (as tf_keras loads them), against the same NumPy cell",
     ]
+    if report.get("legend"):
+        lines = lines[:1] + list(report["legend"])
     for line in lines:
         console.print(line, markup=False, highlight=False)
     if any(r.get("hard_sigmoid") for r in report["directions"]):

@@ -131,32 +131,106 @@ def randomize(sess, variables) -> None:
             var.load(RNG.standard_normal(var.shape.as_list()).astype(dtype.as_numpy_dtype), sess)
 
 
-def tf1_cells_graph() -> None:
+def tf1_cells_graph():
+    """Every TF1 cell and wrapper the reader knows, each fed the same x; returns (x, train op, runs).
+    A run is one output tensor of TF's forward pass and the cells (by scope) that computed it."""
     rnn = v1.nn.rnn_cell
     x = v1.placeholder(tf.float32, [2, 3, 3], name="x")
-    outputs = []
+    runs = []
+
+    def run(name, output, chain, forget_bias=None, **extra):
+        runs.append(dict(name=name, tensor=output, chain=chain, forget_bias=forget_bias, **extra))
+
     with v1.variable_scope("basic"):
-        outputs.append(v1.nn.dynamic_rnn(rnn.BasicLSTMCell(5, forget_bias=0.5), x, dtype=tf.float32)[0])
+        run("basic", v1.nn.dynamic_rnn(rnn.BasicLSTMCell(5, forget_bias=0.5), x, dtype=tf.float32)[0],
+            ["basic/rnn/basic_lstm_cell"], 0.5)
     with v1.variable_scope("proj"):
         cell = rnn.LSTMCell(5, num_proj=4, use_peepholes=True)
-        outputs.append(v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0])
+        run("proj", v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0], ["proj/rnn/lstm_cell"], 1.0)
+    with v1.variable_scope("peep"):
+        cell = rnn.LSTMCell(4, use_peepholes=True)
+        run("peep", v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0], ["peep/rnn/lstm_cell"], 1.0)
+    with v1.variable_scope("projonly"):
+        cell = rnn.LSTMCell(6, num_proj=3)
+        run("projonly", v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0], ["projonly/rnn/lstm_cell"], 1.0)
+    with v1.variable_scope("static"):
+        steps = tf.unstack(x, axis=1)
+        out, _ = v1.nn.static_rnn(rnn.BasicLSTMCell(4, forget_bias=0.25), steps, dtype=tf.float32)
+        run("static", tf.stack(out, axis=1), ["static/rnn/basic_lstm_cell"], 0.25)
     with v1.variable_scope("gru"):
-        outputs.append(v1.nn.dynamic_rnn(rnn.GRUCell(6), x, dtype=tf.float32)[0])
+        run("gru", v1.nn.dynamic_rnn(rnn.GRUCell(6), x, dtype=tf.float32)[0], ["gru/rnn/gru_cell"])
     with v1.variable_scope("simple"):
-        outputs.append(v1.nn.dynamic_rnn(rnn.BasicRNNCell(3), x, dtype=tf.float32)[0])
+        run("simple", v1.nn.dynamic_rnn(rnn.BasicRNNCell(3), x, dtype=tf.float32)[0], ["simple/rnn/basic_rnn_cell"])
     with v1.variable_scope("stack"):
         multi = rnn.MultiRNNCell([rnn.LSTMCell(5), rnn.GRUCell(4)])
-        outputs.append(v1.nn.dynamic_rnn(multi, x, dtype=tf.float32)[0])
+        run("stack", v1.nn.dynamic_rnn(multi, x, dtype=tf.float32)[0],
+            ["stack/rnn/multi_rnn_cell/cell_0/lstm_cell", "stack/rnn/multi_rnn_cell/cell_1/gru_cell"], 1.0)
     (fw, bw), _ = v1.nn.bidirectional_dynamic_rnn(rnn.LSTMCell(5), rnn.LSTMCell(4), x, dtype=tf.float32)
-    outputs += [fw, bw]
+    run("bidi_fw", fw, ["bidirectional_rnn/fw/lstm_cell"], 1.0)
+    run("bidi_bw", bw, ["bidirectional_rnn/bw/lstm_cell"], 1.0, reverse=True)
+    stacked = stack_bidirectional([rnn.LSTMCell(3), rnn.LSTMCell(2)], [rnn.LSTMCell(3), rnn.LSTMCell(2)], x)
+    run("stack_bidi", stacked, [], 1.0, stack_bidi=[
+        ["stack_bidirectional_rnn/cell_0/bidirectional_rnn/fw/lstm_cell",
+         "stack_bidirectional_rnn/cell_0/bidirectional_rnn/bw/lstm_cell"],
+        ["stack_bidirectional_rnn/cell_1/bidirectional_rnn/fw/lstm_cell",
+         "stack_bidirectional_rnn/cell_1/bidirectional_rnn/bw/lstm_cell"]])
     emb = v1.get_variable("emb/part", shape=(10, 6), partitioner=v1.fixed_size_partitioner(3))
     wide = v1.get_variable("wide/part", shape=(4, 9), partitioner=v1.fixed_size_partitioner(3, axis=1))
+    embedding = v1.get_variable("embedding", shape=(20, 3))
+    soft_w, soft_b = v1.get_variable("softmax/w", shape=(5, 7)), v1.get_variable("softmax/b", shape=(7,))
+    outputs = [r["tensor"] for r in runs]
     loss = sum(tf.reduce_sum(tf.square(o)) for o in outputs)
     loss += tf.reduce_sum(tf.square(emb.as_tensor())) + tf.reduce_sum(tf.square(wide.as_tensor()))
+    loss += tf.reduce_sum(tf.square(embedding)) + tf.reduce_sum(tf.square(fw[:, -1] @ soft_w + soft_b))
     global_step = v1.train.get_or_create_global_step()
-    train = v1.train.AdamOptimizer(0.01).minimize(loss, global_step=global_step)
+    optimizer = v1.train.AdamOptimizer(0.01)
+    train = optimizer.minimize(loss, global_step=global_step)
     odd_dtypes()
-    return x, train
+    return x, train, runs, list(optimizer.variables()) + [global_step]
+
+
+def variable_kinds(optimizer_variables) -> dict:
+    """TF's own account of which saved variables are the model's and which the optimizer's (by the name
+    the Saver gives them: a partitioned variable's full name), with their sizes."""
+    def full(v):
+        info = getattr(v, "_save_slice_info", None)
+        return info.full_name if info else v.op.name
+
+    def size(v):
+        info = getattr(v, "_save_slice_info", None)
+        return int(np.prod(info.full_shape if info else v.shape.as_list()))
+
+    opt = {id(v) for v in optimizer_variables}
+    model = {full(v): size(v) for v in v1.global_variables() if id(v) not in opt and v.dtype.base_dtype != tf.string}
+    optimizer = {full(v): size(v) for v in optimizer_variables}
+    return {"model_variables": model, "optimizer_variables": optimizer}
+
+
+def stack_bidirectional(forward, backward, x):
+    """contrib's stack_bidirectional_dynamic_rnn (gone in TF 2): its scopes and its wiring, by hand."""
+    out = x
+    with v1.variable_scope("stack_bidirectional_rnn"):
+        for i, (fw, bw) in enumerate(zip(forward, backward)):
+            with v1.variable_scope(f"cell_{i}"):
+                (a, b), _ = v1.nn.bidirectional_dynamic_rnn(fw, bw, out, dtype=tf.float32)
+                out = tf.concat([a, b], axis=-1)
+    return out
+
+
+def save_runs(sess, runs, feed, out: Path, case: str) -> list[dict]:
+    """TF's forward pass of every run, with the values just saved: the truth of the cells."""
+    folder = out / case / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    x = next(iter(feed.values()))
+    np.save(folder / "x.npy", x)
+    values = sess.run([r["tensor"] for r in runs], feed)
+    items = []
+    for r, value in zip(runs, values):
+        np.save(folder / f"{r['name']}.npy", value)
+        item = {k: v for k, v in r.items() if k != "tensor"}
+        item.update(x=str((folder / "x.npy").relative_to(out)), y=str((folder / f"{r['name']}.npy").relative_to(out)))
+        items.append(item)
+    return items
 
 
 def odd_dtypes() -> None:
@@ -186,7 +260,8 @@ def odd_dtypes() -> None:
 def build_tf1_cells(out: Path, truth: dict) -> None:
     folder = out / "tf1_cells"
     with tf.Graph().as_default(), v1.Session() as sess:
-        x, train = tf1_cells_graph()
+        x, train, runs, optimizer_variables = tf1_cells_graph()
+        kinds = variable_kinds(optimizer_variables)
         sess.run(v1.global_variables_initializer())
         saver = v1.train.Saver(max_to_keep=5)
         feed = {x: RNG.standard_normal((2, 3, 3)).astype(np.float32)}
@@ -196,11 +271,229 @@ def build_tf1_cells(out: Path, truth: dict) -> None:
             sess.run(train, feed)
             path = saver.save(sess, str(folder / "model.ckpt"), global_step=step)
             first, second = (path, None) if step == 1 else (first, path)
+        recorded = save_runs(sess, runs, feed, out, "tf1_cells")
     truth["cases"]["tf1_cells"] = {
         "prefix": rel(second, out), "older_prefix": rel(first, out),
         "variables": dump_checkpoint(Path(second), out, "tf1_cells"),
-        "data_files": data_files(Path(second)),
+        "data_files": data_files(Path(second)), "runs": recorded, **kinds,
     }
+
+
+def build_tf1_more(out: Path, truth: dict) -> None:
+    """No .meta (the forget bias cannot be read back), RMSProp slots, and a tf_keras LSTM layer in a
+    TF1 graph saved by a TF1 Saver (Keras names: klstm/lstm_cell/kernel beside recurrent_kernel)."""
+    import tf_keras
+
+    folder = out / "tf1_more"
+    with tf.Graph().as_default(), v1.Session() as sess:
+        x = v1.placeholder(tf.float32, [2, 4, 3], name="x")
+        runs = []
+        with v1.variable_scope("enc"):
+            y = v1.nn.dynamic_rnn(v1.nn.rnn_cell.LSTMCell(4, forget_bias=0.7), x, dtype=tf.float32)[0]
+            runs.append(dict(name="enc", tensor=y, chain=["enc/rnn/lstm_cell"], forget_bias=0.7))
+        k = tf_keras.layers.LSTM(3, name="klstm", return_sequences=True)(x)
+        runs.append(dict(name="klstm", tensor=k, chain=["klstm"], forget_bias=None))
+        loss = tf.reduce_sum(tf.square(y)) + tf.reduce_sum(tf.square(k))
+        optimizer = v1.train.RMSPropOptimizer(0.01, momentum=0.5)
+        train = optimizer.minimize(loss)
+        kinds = variable_kinds(optimizer.variables())
+        sess.run(v1.global_variables_initializer())
+        feed = {x: RNG.standard_normal((2, 4, 3)).astype(np.float32)}
+        randomize(sess, [v for v in v1.global_variables() if "RMSProp" not in v.name and "Momentum" not in v.name])
+        sess.run(train, feed)
+        path = v1.train.Saver().save(sess, str(folder / "model.ckpt"), write_meta_graph=False)
+        recorded = save_runs(sess, runs, feed, out, "tf1_more")
+    truth["cases"]["tf1_more"] = {"prefix": rel(path, out), "variables": dump_checkpoint(Path(path), out, "tf1_more"),
+                                  "runs": recorded, **kinds}
+
+
+# ----------------------------------------------------------------------------------------- hand-made TF1
+# contrib cells (gone in TF 2) and TF 0.x / 1.0 variable names: variables created with the exact names
+# and shapes of beyond-keras.md §0.2 / §2, their forward pass computed by TensorFlow itself (the raw
+# LSTMBlockCell / BlockLSTM / GRUBlockCell ops the contrib cells ran, or today's cell classes loaded
+# with the values under their old names).
+def weights(*shape) -> np.ndarray:
+    return (0.6 * RNG.standard_normal(shape)).astype(np.float32)
+
+
+def raw_lstm_block(x, kernel, bias, forget_bias, peep=None):
+    batch, units = x.shape[0], kernel.shape[1] // 4
+    zero = np.zeros(units, np.float32)
+    wci, wcf, wco = peep if peep is not None else (zero, zero, zero)
+    c = h = tf.zeros((batch, units))
+    outs = []
+    for t in range(x.shape[1]):
+        step = tf.raw_ops.LSTMBlockCell(x=x[:, t], cs_prev=c, h_prev=h, w=kernel, wci=wci, wcf=wcf, wco=wco, b=bias,
+                                        forget_bias=forget_bias, cell_clip=-1.0, use_peephole=peep is not None)
+        c, h = step.cs, step.h
+        outs.append(h.numpy())
+    return np.stack(outs, axis=1)
+
+
+def raw_block_lstm(x, kernel, bias, forget_bias):
+    """The fused op of LSTMBlockFusedCell: time-major, all steps at once."""
+    batch, units = x.shape[0], kernel.shape[1] // 4
+    zero = np.zeros(units, np.float32)
+    result = tf.raw_ops.BlockLSTM(seq_len_max=np.int64(x.shape[1]), x=np.transpose(x, (1, 0, 2)),
+                                  cs_prev=np.zeros((batch, units), np.float32), h_prev=np.zeros((batch, units), np.float32),
+                                  w=kernel, wci=zero, wcf=zero, wco=zero, b=bias, forget_bias=forget_bias,
+                                  cell_clip=-1.0, use_peephole=False)
+    return np.transpose(result.h.numpy(), (1, 0, 2))
+
+
+def raw_gru_block(x, w_ru, w_c, b_ru, b_c):
+    h = tf.zeros((x.shape[0], w_c.shape[1]))
+    outs = []
+    for t in range(x.shape[1]):
+        h = tf.raw_ops.GRUBlockCell(x=x[:, t], h_prev=h, w_ru=w_ru, w_c=w_c, b_ru=b_ru, b_c=b_c).h
+        outs.append(h.numpy())
+    return np.stack(outs, axis=1)
+
+
+def modern_forward(make_cells, values_per_cell, x):
+    """Today's TF1 cell classes (a MultiRNNCell when several), their variables loaded with `values_per_cell`
+    (role → array per cell), run by dynamic_rnn: TF's forward pass of a checkpoint with old names."""
+    with tf.Graph().as_default(), v1.Session() as sess:
+        cells = [make() for make in make_cells]
+        cell = cells[0] if len(cells) == 1 else v1.nn.rnn_cell.MultiRNNCell(cells)
+        inputs = v1.placeholder(tf.float32, x.shape)
+        y = v1.nn.dynamic_rnn(cell, inputs, dtype=tf.float32)[0]
+        for var in v1.global_variables():
+            k = int(var.op.name.split("/cell_")[1].split("/")[0]) if "/cell_" in var.op.name else 0
+            role = next(r for r in sorted(values_per_cell[k], key=len, reverse=True) if var.op.name.endswith("/" + r))
+            var.load(values_per_cell[k][role], sess)
+        return sess.run(y, {inputs: x})
+
+
+def build_tf1_handmade(out: Path, truth: dict) -> None:
+    eager = tf.executing_eagerly()
+    assert eager
+    x = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    variables: dict[str, np.ndarray] = {}
+    runs = []
+
+    def add(name, value):
+        variables[name] = value
+        return value
+
+    # contrib LSTMBlockCell (scope lstm_cell, peepholes): the raw LSTMBlockCell op, forget_bias 1
+    k, b = add("block/rnn/lstm_cell/kernel", weights(3 + 5, 20)), add("block/rnn/lstm_cell/bias", weights(20))
+    peep = tuple(add(f"block/rnn/lstm_cell/w_{g}_diag", weights(5)) for g in "ifo")
+    runs.append(dict(name="block", y=raw_lstm_block(x, k, b, 1.0, peep), chain=["block/rnn/lstm_cell"], forget_bias=1.0))
+    # contrib LSTMBlockFusedCell: the fused BlockLSTM op
+    k, b = add("fused/lstm_fused_cell/kernel", weights(3 + 4, 16)), add("fused/lstm_fused_cell/bias", weights(16))
+    runs.append(dict(name="fused", y=raw_block_lstm(x, k, b, 1.0), chain=["fused/lstm_fused_cell"], forget_bias=1.0))
+    # contrib CudnnCompatibleLSTMCell: LSTMBlockCell with forget_bias 0, gates i, c, f, o
+    k = add("cudnn/cudnn_compatible_lstm_cell/kernel", weights(3 + 4, 16))
+    b = add("cudnn/cudnn_compatible_lstm_cell/bias", weights(16))
+    runs.append(dict(name="cudnn", y=raw_lstm_block(x, k, b, 0.0), chain=["cudnn/cudnn_compatible_lstm_cell"],
+                     forget_bias=0.0))
+    # contrib CudnnLSTM: the opaque buffer and the canonical copies beside it
+    units, inputs = 4, 3
+    scope = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
+    k, b = add(f"{scope}/kernel", weights(inputs + units, 4 * units)), add(f"{scope}/bias", weights(4 * units))
+    add("cudnn_lstm/opaque_kernel", cudnn_opaque(k, b, inputs, units))
+    runs.append(dict(name="cudnn_lstm", y=raw_lstm_block(x, k, b, 0.0), chain=[scope], forget_bias=0.0))
+    # contrib GRUBlockCell: w_ru (in+u, 2u), w_c (in+u, u); and a version that swapped the two names
+    for name, swap in (("gblock", False), ("gswap", True)):
+        w_ru, w_c, b_ru, b_c = weights(3 + 5, 10), weights(3 + 5, 5), weights(10), weights(5)
+        add(f"{name}/rnn/gru_cell/{'w_c' if swap else 'w_ru'}", w_ru)
+        add(f"{name}/rnn/gru_cell/{'w_ru' if swap else 'w_c'}", w_c)
+        add(f"{name}/rnn/gru_cell/b_ru", b_ru)
+        add(f"{name}/rnn/gru_cell/b_c", b_c)
+        runs.append(dict(name=name, y=raw_gru_block(x, w_ru, w_c, b_ru, b_c), chain=[f"{name}/rnn/gru_cell"]))
+    # TF 1.0-1.1 names: weights / biases
+    rnn = v1.nn.rnn_cell
+    k, b = add("v10a/rnn/basic_lstm_cell/weights", weights(3 + 4, 16)), add("v10a/rnn/basic_lstm_cell/biases", weights(16))
+    runs.append(dict(name="v10a", y=modern_forward([lambda: rnn.BasicLSTMCell(4)], [{"kernel": k, "bias": b}], x),
+                     chain=["v10a/rnn/basic_lstm_cell"], forget_bias=1.0))
+    gk, gb = add("v10b/rnn/gru_cell/gates/weights", weights(3 + 4, 8)), add("v10b/rnn/gru_cell/gates/biases", weights(8))
+    ck, cb = add("v10b/rnn/gru_cell/candidate/weights", weights(3 + 4, 4)), add("v10b/rnn/gru_cell/candidate/biases", weights(4))
+    runs.append(dict(name="v10b", y=modern_forward([lambda: rnn.GRUCell(4)], [{"gates/kernel": gk, "gates/bias": gb,
+                                                                             "candidate/kernel": ck, "candidate/bias": cb}], x),
+                     chain=["v10b/rnn/gru_cell"]))
+    k, b = add("v10c/rnn/basic_rnn_cell/weights", weights(3 + 2, 2)), add("v10c/rnn/basic_rnn_cell/biases", weights(2))
+    runs.append(dict(name="v10c", y=modern_forward([lambda: rnn.BasicRNNCell(2)], [{"kernel": k, "bias": b}], x),
+                     chain=["v10c/rnn/basic_rnn_cell"]))
+    add("logits/weights", weights(4, 6))
+    add("logits/biases", weights(6))
+    folder = out / "tf1_handmade"
+    path = save_variables(variables, folder / "model.ckpt", v1.train.SaverDef.V2)
+    truth["cases"]["tf1_handmade"] = {"prefix": rel(path, out), "variables": dump_checkpoint(Path(path), out, "tf1_handmade"),
+                                      "runs": save_arrays(runs, x, out, "tf1_handmade")}
+
+
+def build_tf1_v0(out: Path, truth: dict) -> None:
+    """TF 0.x: a V1 single-file checkpoint with Linear/Matrix, W_0/B, Gates/Candidate names."""
+    x = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    rnn = v1.nn.rnn_cell
+    variables: dict[str, np.ndarray] = {}
+    runs = []
+    cells = []
+    for i, size_in in enumerate((3, 4)):
+        base = f"rnnlm/MultiRNNCell/Cell{i}/BasicLSTMCell/Linear"
+        variables[f"{base}/Matrix"], variables[f"{base}/Bias"] = weights(size_in + 4, 16), weights(16)
+        cells.append({"kernel": variables[f"{base}/Matrix"], "bias": variables[f"{base}/Bias"]})
+    runs.append(dict(name="v0_multi", y=modern_forward([lambda: rnn.BasicLSTMCell(4)] * 2, cells, x),
+                     chain=["rnnlm/MultiRNNCell/Cell0/BasicLSTMCell", "rnnlm/MultiRNNCell/Cell1/BasicLSTMCell"],
+                     forget_bias=1.0))
+    roles = {"W_0": weights(3 + 2, 12), "B": weights(12), "W_I_diag": weights(3), "W_F_diag": weights(3),
+             "W_O_diag": weights(3), "W_P_0": weights(3, 2)}
+    variables.update({f"old/LSTMCell/{k}": v for k, v in roles.items()})
+    modern = {"kernel": roles["W_0"], "bias": roles["B"], "w_i_diag": roles["W_I_diag"], "w_f_diag": roles["W_F_diag"],
+              "w_o_diag": roles["W_O_diag"], "projection/kernel": roles["W_P_0"]}
+    runs.append(dict(name="v0_lstm", y=modern_forward([lambda: rnn.LSTMCell(3, use_peepholes=True, num_proj=2)],
+                                                      [modern], x), chain=["old/LSTMCell"], forget_bias=1.0))
+    gru = {"Gates/Linear/Matrix": weights(3 + 4, 8), "Gates/Linear/Bias": weights(8),
+           "Candidate/Linear/Matrix": weights(3 + 4, 4), "Candidate/Linear/Bias": weights(4)}
+    variables.update({f"oldgru/GRUCell/{k}": v for k, v in gru.items()})
+    runs.append(dict(name="v0_gru", y=modern_forward([lambda: rnn.GRUCell(4)], [{
+        "gates/kernel": gru["Gates/Linear/Matrix"], "gates/bias": gru["Gates/Linear/Bias"],
+        "candidate/kernel": gru["Candidate/Linear/Matrix"], "candidate/bias": gru["Candidate/Linear/Bias"]}], x),
+        chain=["oldgru/GRUCell"]))
+    variables["oldrnn/BasicRNNCell/Linear/Matrix"], variables["oldrnn/BasicRNNCell/Linear/Bias"] = weights(3 + 3, 3), weights(3)
+    runs.append(dict(name="v0_rnn", y=modern_forward([lambda: rnn.BasicRNNCell(3)], [{
+        "kernel": variables["oldrnn/BasicRNNCell/Linear/Matrix"], "bias": variables["oldrnn/BasicRNNCell/Linear/Bias"]}], x),
+        chain=["oldrnn/BasicRNNCell"]))
+    variables["softmax_w"], variables["softmax_b"] = weights(4, 9), weights(9)
+    folder = out / "tf1_v0"
+    path = save_variables(variables, folder / "model.ckpt-100", v1.train.SaverDef.V1)
+    truth["cases"]["tf1_v0"] = {"file": rel(path, out), "runs": save_arrays(runs, x, out, "tf1_v0"),
+                                "values": save_values(variables, out, "tf1_v0")}
+
+
+def cudnn_opaque(kernel, bias, inputs, units):
+    """CudnnLSTM's opaque buffer of one unidirectional layer, from the canonical tensors (beyond-keras.md
+    §2.2): W_i W_f W_c W_o (units × input each), R_i R_f R_c R_o (units × units), then the input-side and
+    recurrent-side biases (each half of the canonical sum)."""
+    gates = {g: kernel[:, k * units:(k + 1) * units].T for k, g in enumerate("icfo")}  # (units, in + units)
+    w = [gates[g][:, :inputs].reshape(-1) for g in "ifco"]
+    r = [gates[g][:, inputs:].reshape(-1) for g in "ifco"]
+    b = {g: bias[k * units:(k + 1) * units] for k, g in enumerate("icfo")}
+    halves = [b[g] / 2 for g in "ifco"]
+    return np.concatenate(w + r + halves + halves).astype(np.float32)
+
+
+def save_variables(variables: dict, prefix: Path, version) -> str:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with tf.Graph().as_default(), v1.Session() as sess:
+        made = [v1.get_variable(name, initializer=tf.constant(value)) for name, value in variables.items()]
+        sess.run(v1.global_variables_initializer())
+        return v1.train.Saver(made, write_version=version).save(sess, str(prefix), write_meta_graph=False)
+
+
+def save_arrays(runs: list[dict], x: np.ndarray, out: Path, case: str) -> list[dict]:
+    folder = out / case / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "x.npy", x)
+    items = []
+    for r in runs:
+        np.save(folder / f"{r['name']}.npy", r["y"])
+        item = {k: v for k, v in r.items() if k != "y"}
+        item.setdefault("forget_bias", None)
+        item.update(x=str((folder / "x.npy").relative_to(out)), y=str((folder / f"{r['name']}.npy").relative_to(out)))
+        items.append(item)
+    return items
 
 
 def build_tf1_sharded(out: Path, truth: dict) -> None:
@@ -324,17 +617,41 @@ def build_tf2(out: Path, truth: dict) -> None:
         case = f"{framework}_fit"
         prefix = tf.train.Checkpoint(model=model).save(str(out / case / "ckpt"))  # save(): writes `checkpoint`
         add_tf2_case(out, truth, case, prefix, names, weights)
+        truth["cases"][case]["optimizer_values"] = optimizer_values(model.optimizer)
         if framework == "tf_keras":
             build_two_shards(out, truth, model, names, weights)
             build_tf_keras_savedmodel(out, truth, model, names)
+            model.save(str(out / "tf_keras_fit.h5"))  # the same weights as tf_keras_fit and the SavedModel
+            build_tf_keras_save_weights(out, truth, model, names)
         else:
             build_keras3_export(out, truth, model, names)
+            model.save(str(out / "keras3_fit.keras"))  # the same weights as keras3_fit and the export
+        truth["cases"][f"{framework}_fit"]["keras_file"] = f"{framework}_fit." + ("h5" if framework == "tf_keras" else "keras")
+
+
+def optimizer_values(optimizer) -> int:
+    """Values of training state Keras keeps for the optimizer (tf_keras keeps the learning rate in a
+    variable of its own, outside `variables`)."""
+    values = sum(int(np.prod(v.shape)) for v in optimizer.variables)
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, tf.Variable) and all(rate is not v for v in optimizer.variables):
+        values += int(np.prod(rate.shape))
+    return values
 
 
 def add_tf2_case(out: Path, truth: dict, case: str, prefix: str, names: list[str], weights: dict) -> None:
     truth["cases"][case] = {"prefix": rel(prefix, out), "variables": dump_checkpoint(Path(prefix), out, case),
                             "object_graph": object_graph(Path(prefix)), "model_variable_names": names,
                             "model_weights": save_values(weights, out, case), "data_files": data_files(Path(prefix))}
+
+
+def build_tf_keras_save_weights(out: Path, truth: dict, model, names: list[str]) -> None:
+    """tf_keras `save_weights` in TF format: the same keys without `model/`, optimizer state included."""
+    case = "tf_keras_weights"
+    prefix = out / case / "weights.ckpt"
+    model.save_weights(str(prefix), save_format="tf")
+    truth["cases"][case] = {"prefix": rel(prefix, out), "variables": dump_checkpoint(prefix, out, case),
+                            "model_variable_names": names}
 
 
 def build_two_shards(out: Path, truth: dict, model, names: list[str], weights: dict) -> None:
@@ -397,8 +714,11 @@ def main() -> None:
     v1.set_random_seed(1)
     tf.random.set_seed(1)
     build_tf1_cells(out, truth)
+    build_tf1_more(out, truth)
     build_tf1_sharded(out, truth)
     build_tf1_v1(out, truth)
+    build_tf1_handmade(out, truth)
+    build_tf1_v0(out, truth)
     build_tf2(out, truth)
     for prefix in args.corpus_prefix:
         case = "corpus/" + prefix.name

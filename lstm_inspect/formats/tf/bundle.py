@@ -180,9 +180,9 @@ def _resolve_file(name: str) -> Resolved:
 
 
 def _resolve_folder(folder: str) -> Resolved:
-    if os.path.isfile(os.path.join(folder, "saved_model.pb")) or os.path.isfile(
-            os.path.join(folder, "saved_model.pbtxt")):
-        prefix = os.path.join(folder, "variables", "variables")
+    prefix = os.path.join(folder, "variables", "variables")
+    if any(os.path.isfile(os.path.join(folder, f)) for f in ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")) \
+            or os.path.isfile(prefix + ".index"):  # saved_model.pb may be missing from a copy: not needed
         if not os.path.isfile(prefix + ".index"):
             raise NotAModelError("a SavedModel without variables/variables.index (it saved no weights)", file=folder)
         return Resolved("v2", prefix + ".index", prefix, "saved-model", saved_model_dir=folder)
