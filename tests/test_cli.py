@@ -162,6 +162,9 @@ def test_names_from_files_are_escaped(tmp_path):
     ["summary", "--format", "json", "{sample}"],
     ["split-gates", "{sample}", "-o", "{tmp}/out.npz"],
     ["explain", "{sample}"],
+    ["stats", "{sample}"],
+    ["stats", "--format", "json", "{sample}"],
+    ["diff", "--stats", "{sample}", "{sample}"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
     """Run the real console command in a fresh interpreter and list what it imported."""
