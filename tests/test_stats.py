@@ -538,3 +538,22 @@ def test_stats_reads_every_direction_of_the_model_once_per_block():
         dirs = directions(model)
         data = stats_mod.model_stats(model, dirs)
     assert [d["path"] for d in data["directions"]] == [d.path for d in dirs]
+
+
+def test_whole_kernel_from_the_sum_of_the_gates_row_grams(monkeypatch):
+    """Large gates no taller than wide: σ₁(U) from Σ_g U_g U_gᵀ equals the norm of [U_i U_f U_c U_o]."""
+    rng = np.random.default_rng(8)
+    monkeypatch.setattr(lockfile, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(blockmath, "EXACT_MAX_ELEMENTS", 100)
+    for rows, units in ((30, 30), (12, 40)):  # square gates; projected LSTM gates (p × u)
+        fused = rng.standard_normal((rows, 4 * units)).astype(np.float32)
+        weight = memory_weight("recurrent", fused)
+        blocks = tuple(Block(f"U_{g}", (rows, units), weight, (slice(None), slice(k * units, (k + 1) * units)))
+                       for k, g in enumerate("ifco"))
+        assert all(blockmath.uses_row_gram(blockmath.MatrixView((b,))) for b in blocks)
+        got = stats_mod._norms_from_row_grams(blocks)
+        for k, b in enumerate(blocks):
+            exact = np.linalg.norm(fused[:, k * units:(k + 1) * units].astype(np.float64), 2)
+            assert abs(got[b.name].value - exact) <= blockmath.SPECTRAL_RTOL * exact
+        exact = np.linalg.norm(fused.astype(np.float64), 2)
+        assert got["U"].method == "gram-lanczos" and abs(got["U"].value - exact) <= blockmath.SPECTRAL_RTOL * exact

@@ -3,7 +3,9 @@
 A block is never read whole unless it is small or stored with a transform (then it is read whole
 anyway, as every command does): its values arrive in row slices (`lockfile.iter_block_rows`) or
 column slices (`lockfile.iter_block_cols`) of about `lockfile.CHUNK_BYTES` stored bytes,
-dequantized and converted to float64 one slice at a time.
+dequantized and converted to float64 one slice at a time. Memory: a few slices, plus for the
+spectral norms of large matrices the Gram matrices of their smaller side (at most two at a time,
+each ≤ GRAM_MAX_BYTES: `stats` sums the gates' U_g U_gᵀ into the whole kernel's U Uᵀ).
 
 Matrices. A block, or several blocks side by side (the whole recurrent kernel `U = [U_i U_f U_c U_o]`),
 is seen as one 2-D matrix (`MatrixView`): all axes but the last are rows, so a ConvLSTM kernel
@@ -249,9 +251,7 @@ def spectral_norm(view: MatrixView, *, exact_max: int | None = None, gram_max_by
         return SpectralNorm(float(np.linalg.norm(view.whole(), 2)), "svd")
     side = min(view.rows, view.cols)
     if side * side * 8 <= gram_max_bytes:
-        g = gram(view)
-        theta, k, residual, converged = lanczos_largest(lambda v: g @ v, g.shape[0], rtol)
-        return SpectralNorm(math.sqrt(max(theta, 0.0)), "gram-lanczos", k, residual, converged)
+        return norm_from_gram(gram(view), rtol)
 
     def normal_matvec(v: np.ndarray) -> np.ndarray:
         out = np.zeros(view.cols)
@@ -262,12 +262,27 @@ def spectral_norm(view: MatrixView, *, exact_max: int | None = None, gram_max_by
     return SpectralNorm(math.sqrt(max(theta, 0.0)), "lanczos", k, residual, converged)
 
 
-def gram(view: MatrixView, band: int = 512) -> np.ndarray:
-    """M Mᵀ (from column slices) when M is wider than tall, else Mᵀ M (from row slices), in float64.
+def norm_from_gram(g: np.ndarray, rtol: float = SPECTRAL_RTOL) -> SpectralNorm:
+    """σ₁ = √λ_max of a Gram matrix held in memory, by Lanczos."""
+    theta, k, residual, converged = lanczos_largest(lambda v: g @ v, g.shape[0], rtol)
+    return SpectralNorm(math.sqrt(max(theta, 0.0)), "gram-lanczos", k, residual, converged)
+
+
+def uses_row_gram(view: MatrixView, exact_max: int | None = None, gram_max_bytes: int | None = None) -> bool:
+    """Whether spectral_norm would take σ₁ from the row Gram matrix M Mᵀ (a matrix no taller than wide,
+    too large for the exact SVD, whose rows² float64 fit in gram_max_bytes)."""
+    exact_max = EXACT_MAX_ELEMENTS if exact_max is None else exact_max
+    gram_max_bytes = GRAM_MAX_BYTES if gram_max_bytes is None else gram_max_bytes
+    return view.size > exact_max and view.rows <= view.cols and view.rows ** 2 * 8 <= gram_max_bytes
+
+
+def gram(view: MatrixView, band: int = 512, rows: bool | None = None) -> np.ndarray:
+    """M Mᵀ (from column slices) when M is wider than tall (or `rows=True`), else Mᵀ M (from row
+    slices), in float64.
 
     Each slice's product is added a band of rows at a time into the upper triangle only (half the
     arithmetic, and no second d×d matrix); the lower triangle is mirrored at the end."""
-    wide = view.rows < view.cols
+    wide = view.rows < view.cols if rows is None else rows
     side = view.rows if wide else view.cols
     g = np.zeros((side, side))
     for _, part in (view.col_slices() if wide else view.row_slices()):
