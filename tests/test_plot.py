@@ -204,3 +204,27 @@ def test_large_spectra_come_from_the_gram_matrix(monkeypatch):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-7 * want[0])
     big = blockmath.MatrixView((Block("U_i", (9, 9), memory_weight("u", np.ones((9, 9), np.float32))),))
     assert blockmath.singular_values(big, max_side=8) is None  # larger than the stated limit: not drawn
+
+
+def test_spectra_from_the_sum_of_the_gates_row_grams(monkeypatch):
+    from lstm_inspect.cells import Block
+    from lstm_inspect.commands import blockmath, lockfile
+
+    from .test_stats import memory_weight
+    monkeypatch.setattr(lockfile, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(blockmath, "EXACT_MAX_ELEMENTS", 0)
+    rng = np.random.default_rng(12)
+    rows, units = 20, 25
+    fused = rng.standard_normal((rows, 4 * units)).astype(np.float32)
+    weight = memory_weight("recurrent", fused)
+    blocks = [Block(f"U_{g}", (rows, units), weight, (slice(None), slice(k * units, (k + 1) * units)))
+              for k, g in enumerate("ifco")]
+    views = {b.name: blockmath.MatrixView((b,)) for b in blocks}
+    views["U"] = blockmath.MatrixView(tuple(blocks))
+    assert all(plot_mod._row_gram_spectrum(v) for v in views.values())
+    got = plot_mod._spectra_from_row_grams(views)
+    for k, g in enumerate("ifco"):
+        want = np.linalg.svd(fused[:, k * units:(k + 1) * units].astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(got[f"U_{g}"], want, rtol=0, atol=1e-7 * want[0])
+    want = np.linalg.svd(fused.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(got["U"], want, rtol=0, atol=1e-7 * want[0])

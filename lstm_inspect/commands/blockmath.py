@@ -349,7 +349,11 @@ def singular_values(view: MatrixView, max_side: int = SPECTRUM_MAX_SIDE) -> np.n
         if not np.all(np.isfinite(m)):
             return None
         return np.linalg.svd(m, compute_uv=False)
-    g = gram(view)
+    return singular_values_from_gram(gram(view))
+
+
+def singular_values_from_gram(g: np.ndarray) -> np.ndarray | None:
+    """√ of the eigenvalues of a Gram matrix, largest first (None when it is not finite)."""
     if not np.all(np.isfinite(g)):
         return None
     return np.sqrt(np.clip(np.linalg.eigvalsh(g), 0.0, None))[::-1].copy()

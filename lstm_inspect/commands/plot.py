@@ -121,9 +121,36 @@ def spectrum_data(d: Direction) -> dict[str, Any]:
     views = {b.name: MatrixView((b,)) for b in blocks} if d.gates else {}
     if blocks:
         views["U"] = MatrixView(tuple(blocks))
-    values = {name: blockmath.singular_values(view) for name, view in views.items()}
     shapes = {name: list(view.shape) for name, view in views.items()}
+    gates = [views[b.name] for b in blocks if b.name in views]
+    if len(gates) > 1 and all(_row_gram_spectrum(v) for v in gates):
+        return {"values": _spectra_from_row_grams(views), "shapes": shapes}
+    values = {name: blockmath.singular_values(view) for name, view in views.items()}
     return {"values": values, "shapes": shapes}
+
+
+def _row_gram_spectrum(view: MatrixView) -> bool:
+    """Whether singular_values takes this matrix's spectrum from its row Gram matrix."""
+    return view.size > blockmath.EXACT_MAX_ELEMENTS and view.rows <= view.cols and \
+        view.rows <= blockmath.SPECTRUM_MAX_SIDE
+
+
+def _spectra_from_row_grams(views: dict[str, MatrixView]) -> dict[str, np.ndarray | None]:
+    """Large gates side by side: U Uᵀ = Σ_g U_g U_gᵀ, one pass over U for every spectrum."""
+    out: dict[str, np.ndarray | None] = {}
+    total = None
+    for name, view in views.items():
+        if name == "U":
+            continue
+        g = blockmath.gram(view, rows=True)
+        out[name] = blockmath.singular_values_from_gram(g)
+        if total is None:
+            total = g
+        else:
+            total += g
+        del g
+    out["U"] = blockmath.singular_values_from_gram(total)
+    return out
 
 
 # ================================================================================================
