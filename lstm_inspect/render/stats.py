@@ -89,14 +89,16 @@ def forget_lines(d: dict) -> list[str]:
     if f is None:
         return []
     gate = f["gate"]
-    name = "forget gate f" if gate == "f" else "update gate z (keeps the state, as a forget gate does)"
-    parts = [f"stored b_{gate} {num(f['stored_mean'])}"] if f["stored_mean"] is not None else ["no bias"]
-    if f["second_bias_mean"] is not None:
-        parts.append(f"bU_{gate} {num(f['second_bias_mean'])}")
-    if f.get("runtime"):
-        parts.append(f"forget_bias {num(f['runtime'])}")
-    line = (f"{name}: effective bias mean {num(f['mean'])} ({' + '.join(parts)} means), "
-            f"range [{num(f['min'])}, {num(f['max'])}]")
+    name = "forget gate f" if gate == "f" else "update gate z (keeps the state, like a forget gate)"
+    terms = [(f"b_{gate}", f["stored_mean"]), (f"bU_{gate}", f["second_bias_mean"]),
+             ("forget_bias", f.get("runtime") or None)]
+    terms = [(t, v) for t, v in terms if v is not None]
+    if not terms:
+        line = f"{name}: no bias (effective bias {num(f['mean'])})"
+    else:
+        parts = f" = {' + '.join(num(v) for _, v in terms)}" if len(terms) > 1 else ""
+        line = (f"{name}: effective bias {' + '.join(t for t, _ in terms)}, mean {num(f['mean'])}{parts}, "
+                f"range [{num(f['min'])}, {num(f['max'])}]")
     lines = [line]
     if f["open_fraction"] is not None:
         lines.append(f"at zero input, {gate} = {f['activation']}(bias) starts above 0.5 for "
