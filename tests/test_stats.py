@@ -597,3 +597,23 @@ def test_hostile_files_end_in_exit_0_or_2_with_one_line(tmp_path, monkeypatch):
                 assert len(result.stderr.strip().splitlines()) == 1 and "internal error" not in result.stderr
                 assert args[0] != "plot" or not args[-1].exists()
     assert codes.count(2) >= len(codes) // 2, codes
+
+
+def test_reference_records_gate_activations_without_changing_run():
+    """reference.run(record=...) reports each step's gates; its outputs are the same as without."""
+    from lstm_inspect import reference as ref
+    d, arrays = peephole_projection_direction()
+    spec = stats_mod.probe_spec(d, "tanh", "sigmoid")
+    x = np.random.default_rng(1).standard_normal((3, 4, d.input_dim))
+    plain = ref.run(spec, arrays, x, "keras3")
+    steps = ref.gate_activations(spec, arrays, x, "keras3")
+    recorded = ref.run(spec, arrays, x, "keras3", record=lambda gates: None)
+    np.testing.assert_array_equal(plain[0], recorded[0])
+    assert len(steps) == 4 and all(set(s) == {"i", "f", "c", "o"} for s in steps)
+    want = oracle.gate_steps("LSTM", arrays, x, np.tanh, oracle.sigmoid, forget_bias=1.0)
+    for got, exp in zip(steps, want):
+        for g in "ifco":
+            np.testing.assert_allclose(got[g], exp[g], rtol=1e-12, atol=1e-15)
+    lazy = {**arrays, "U_f": blockmath.StreamedMatrix(d.block("U_f")), "W_c": blockmath.StreamedMatrix(d.block("W_c"))}
+    streamed = ref.run(spec, lazy, x, "keras3")
+    np.testing.assert_allclose(streamed[0], plain[0], rtol=1e-12, atol=1e-14)
