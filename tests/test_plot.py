@@ -228,3 +228,27 @@ def test_spectra_from_the_sum_of_the_gates_row_grams(monkeypatch):
         np.testing.assert_allclose(got[f"U_{g}"], want, rtol=0, atol=1e-7 * want[0])
     want = np.linalg.svd(fused.astype(np.float64), compute_uv=False)
     np.testing.assert_allclose(got["U"], want, rtol=0, atol=1e-7 * want[0])
+
+
+def test_hostile_names_are_drawn_inert(tmp_path):
+    """A layer name with mathtext, control characters and path separators: pictures are written
+    under a safe file name and the title shows the name as text (no mathtext parse, no escape)."""
+    kernel = np.full((2, 12), 0.1, np.float32)
+    recurrent = np.full((3, 12), -0.1, np.float32)
+    bias = np.zeros(12, np.float32)
+    name = "x$\\frac{$^\x1b[31m/../..\nevil"
+    path = tmp_path / "evil.h5"
+    write_lstm(path, kernel, recurrent, bias, name=name)
+    out = tmp_path / "pictures"
+    result = run("plot", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    import json
+    direction = json.loads(run("summary", "-f", "json", path).stdout)["recurrent"][0]["path"]
+    assert "$" in direction and "\x1b" in direction
+    files = sorted(p.name for p in out.iterdir())
+    assert set(files) == {f"{plot_mod.file_stem(direction)}.{k}.png" for k in plot_mod.KINDS} | {"index.md"}
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) and not f.startswith(".") for f in files)
+    assert "\x1b" not in (out / "index.md").read_text() and "\n" not in plot_mod.text(direction)
+    assert "$" not in plot_mod.text(direction).replace("\\$", "")  # every '$' escaped: no mathtext
+    stats = run("stats", path)
+    assert stats.exit_code == 0 and "\x1b[31m" not in stats.stdout

@@ -195,7 +195,10 @@ class _default_style:
     """matplotlib's default rcParams, whatever the user's matplotlibrc says (for stable bytes)."""
 
     def __enter__(self) -> None:
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError as exc:  # present but broken (find_spec found it)
+            raise MissingExtraError(f"{MISSING_MATPLOTLIB} ({exc})") from None
         self._context = matplotlib.rc_context()
         self._context.__enter__()
         matplotlib.rcdefaults()
@@ -219,6 +222,12 @@ def save_png(fig, path: str) -> tuple[int, int]:
     fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
     width, height = fig.get_size_inches() * DPI
     return int(round(width)), int(round(height))
+
+
+def text(value: str) -> str:
+    """A name from the file as inert matplotlib text: printable, and '$' escaped (no mathtext)."""
+    from lstm_inspect.safety.text import printable
+    return printable(str(value), 200).replace("$", r"\$")
 
 
 def _gate_title(name: str) -> str:
@@ -262,7 +271,7 @@ def draw_heatmap(d: dict[str, Any]):
                 ax.set_xlabel("unit (column)", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8).ax.tick_params(labelsize=7)
-    fig.suptitle(f"{d['path']} — {d['kind']}: W and U per gate (shared scale ±{limit:.3g})", fontsize=10)
+    fig.suptitle(f"{text(d['path'])} — {d['kind']}: W and U per gate (shared scale ±{limit:.3g})", fontsize=10)
     return fig
 
 
@@ -296,7 +305,7 @@ def draw_hist(d: dict[str, Any]):
             if r == len(groups) - 1:
                 ax.set_xlabel("value", fontsize=7)
             ax.legend(fontsize=6)
-    fig.suptitle(f"{d['path']} — {d['kind']}: values per gate ({HIST_BINS} bins shared by the gates)",
+    fig.suptitle(f"{text(d['path'])} — {d['kind']}: values per gate ({HIST_BINS} bins shared by the gates)",
                  fontsize=10)
     return fig
 
@@ -322,7 +331,7 @@ def draw_spectrum(d: dict[str, Any]):
     if any(v is not None for v in values.values()):
         ax.legend(fontsize=7)
     note = f" (not drawn: {', '.join(skipped)})" if skipped else ""
-    ax.set_title(f"{d['path']} — singular values of U{note}", fontsize=10)
+    ax.set_title(f"{text(d['path'])} — singular values of U{note}", fontsize=10)
     return fig
 
 

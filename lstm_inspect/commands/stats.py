@@ -63,8 +63,8 @@ class Probe:
     """The stated input of the saturation probe."""
 
     kind: ProbeKind = ProbeKind.NORMAL
-    samples: int = 64
-    steps: int = 8
+    samples: int = 32
+    steps: int = 5
     seed: int = 0
     margin: float = 0.01
 
