@@ -52,6 +52,18 @@ class Target(str, Enum):
     ONNX = "onnx"
 
 
+class ProbeInput(str, Enum):
+    NORMAL = "normal"
+    ZEROS = "zeros"
+
+
+class PlotKind(str, Enum):
+    HEATMAP = "heatmap"
+    HIST = "hist"
+    SPECTRUM = "spectrum"
+    ALL = "all"
+
+
 # --- options shared by several commands ----------------------------------------------------------
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file.")]
@@ -130,9 +142,10 @@ def guarded(fn, *args, label: str, **kwargs):
     return run_guarded(fn, *args, label=label, **kwargs)
 
 
-def scaled_timeout(*paths: Path) -> float:
+def scaled_timeout(*paths: Path, seconds_per_20mb: float = 1.0) -> float:
     """The guard's time limit for commands that read every weight byte (copy, hash, scan): the
-    default (LSTM_INSPECT_TIMEOUT, else 30 s) plus 1 s per 20 MB of input."""
+    default (LSTM_INSPECT_TIMEOUT, else 30 s) plus 1 s per 20 MB of input (more for commands
+    that compute on every weight: stats, plot)."""
     from lstm_inspect.safety.guard import default_timeout
     size = 0
     for p in paths:
@@ -144,7 +157,7 @@ def scaled_timeout(*paths: Path) -> float:
             size += sum(f.stat().st_size for f in files)
         except OSError:
             pass
-    return default_timeout() + size / 20e6
+    return default_timeout() + seconds_per_20mb * size / 20e6
 
 
 def run() -> None:
@@ -395,6 +408,9 @@ def diff(
     b: Annotated[Path, typer.Argument(help="Second model (any dialect).")],
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
                                               help="table (default), json or markdown.")] = OutputFormat.TABLE,
+    stats: Annotated[bool, typer.Option("--stats", help="Also the statistics of `stats` for A and B side by "
+                                                        "side: which gate's bias, norm and spectral norm moved.")
+                     ] = False,
 ) -> None:
     """Structural differences between two models, and per-gate relative weight change ‖B−A‖/‖A‖.
 
@@ -403,7 +419,8 @@ def diff(
     from lstm_inspect.commands import lockfile
     from lstm_inspect.render import ci as render
     with _handle_errors():
-        data = guarded(lockfile.diff_data, str(a), str(b), label=f"{a}, {b}", timeout=scaled_timeout(a, b))
+        timeout = scaled_timeout(a, b, seconds_per_20mb=STATS_SECONDS_PER_20MB if stats else 1.0)
+        data = guarded(lockfile.diff_data, str(a), str(b), stats, label=f"{a}, {b}", timeout=timeout)
         result = lockfile.diff_report(str(a), str(b), data)
         if fmt is OutputFormat.JSON:
             sys.stdout.write(render.render_diff_json(result))
@@ -413,3 +430,73 @@ def diff(
             render.render_diff_table(result, stdout_console())
         if not result.identical:
             raise typer.Exit(1)
+
+
+# --- stats and plot ----------------------------------------------------------------------------
+
+# The guard's time limit (a hang stops there): stats computes on every weight (Gram matrices, the
+# probe; ~70 CPU s for the 1 GB model), plot also full singular-value spectra (~240 CPU s).
+STATS_SECONDS_PER_20MB = 10.0
+PLOT_SECONDS_PER_20MB = 25.0
+
+
+@app.command()
+def stats(
+    models: Annotated[List[Path], typer.Argument(help="Model files.")],
+    layer: LayerOpt = [],  # noqa: B006
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", case_sensitive=False,
+                                              help="table (default), json or markdown.")] = OutputFormat.TABLE,
+    samples: Annotated[int, typer.Option("--samples", help="Probe sequences fed to each cell.",
+                                         min=1, max=4096)] = 32,
+    steps: Annotated[int, typer.Option("--steps", help="Time steps of each probe sequence.", min=1, max=1000)] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the probe's standard-normal inputs.", min=0)] = 0,
+    probe: Annotated[ProbeInput, typer.Option("--probe", case_sensitive=False,
+                                              help="Probe input: normal (seeded standard-normal, default) "
+                                                   "or zeros.")] = ProbeInput.NORMAL,
+) -> None:
+    """Per-gate statistics: block moments, spectral norms of U, effective forget bias, saturation, dead units."""
+    from lstm_inspect.commands import stats as stats_mod
+    from lstm_inspect.render import stats as render
+    spec = stats_mod.Probe(stats_mod.ProbeKind(probe.value), samples=samples, steps=steps, seed=seed)
+    results = []
+    failed = 0
+    for path in models:
+        try:
+            with _handle_errors():
+                results.append(guarded(stats_mod.stats_data, str(path), tuple(layer), spec, label=str(path),
+                                       timeout=scaled_timeout(path, seconds_per_20mb=STATS_SECONDS_PER_20MB)))
+        except typer.Exit as exit_:
+            failed = failed or exit_.exit_code
+    if results:
+        if fmt is OutputFormat.JSON:
+            sys.stdout.write(render.render_json(results, as_list=len(models) > 1))
+        elif fmt is OutputFormat.MARKDOWN:
+            sys.stdout.write(render.render_markdown(results))
+        else:
+            render.render_table(results, stdout_console())
+    if failed:
+        raise typer.Exit(failed)
+
+
+@app.command()
+def plot(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created; holds PNGs and index.md).")],
+    layer: LayerOpt = [],  # noqa: B006
+    kind: Annotated[PlotKind, typer.Option("--kind", case_sensitive=False,
+                                           help="heatmap, hist, spectrum or all (default).")] = PlotKind.ALL,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it holds an earlier plot.")] = False,
+) -> None:
+    """PNG pictures per direction: heat maps of each gate's W and U, histograms, U's singular values.
+
+    Needs matplotlib (pip install 'lstm-inspect[plot]').
+    """
+    from lstm_inspect.commands import plot as plot_mod
+    with _handle_errors():
+        plot_mod.require_matplotlib()
+        kinds = plot_mod.KINDS if kind is PlotKind.ALL else (kind.value,)
+        data = guarded(plot_mod.collect, str(model), tuple(layer), kinds, label=str(model),
+                       timeout=scaled_timeout(model, seconds_per_20mb=PLOT_SECONDS_PER_20MB))
+        written = plot_mod.write(data, output, force)
+    say(f"wrote {len(written)} picture(s) of {len(data['directions'])} recurrent direction(s) "
+        f"and index.md to {output}")

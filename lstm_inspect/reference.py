@@ -114,7 +114,17 @@ def gate(blocks: Mapping[str, np.ndarray], prefix: str, g: str) -> np.ndarray | 
     """Block `<prefix>_<g>` (or `<prefix>` for SimpleRNN), as float64; None when absent."""
     name = f"{prefix}_{g}" if g else prefix
     value = blocks.get(name)
-    return None if value is None else np.asarray(value, dtype=np.float64)
+    if value is None or is_lazy_matrix(value):
+        return value
+    return np.asarray(value, dtype=np.float64)
+
+
+def is_lazy_matrix(value: Any) -> bool:
+    """A matrix that computes `x @ M` itself (reading its rows as it goes), passed through unread.
+
+    Such objects set `__array_ufunc__ = None`, so NumPy hands `x @ M` to their `__rmatmul__`; the
+    statistics probe uses them to run the reference cell on blocks larger than memory."""
+    return not isinstance(value, np.ndarray) and getattr(type(value), "__array_ufunc__", 0) is None
 
 
 def _need(blocks: Mapping[str, np.ndarray], prefix: str, g: str) -> np.ndarray:
@@ -160,11 +170,14 @@ def conv_nd(x: np.ndarray, w: np.ndarray, strides: Sequence[int], padding: str,
 # --- cells ------------------------------------------------------------------------------------
 
 def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray,
-        hard_sigmoid: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        hard_sigmoid: str, record: Callable[[dict[str, np.ndarray]], None] | None = None
+        ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Run one direction over x (batch, time, ...) from zero states; returns (outputs, states).
 
     outputs has one entry per step in processing order (batch, time, ...); states are the final
-    [h, c] (LSTM, ConvLSTM) or [h] (GRU, SimpleRNN).
+    [h, c] (LSTM, ConvLSTM) or [h] (GRU, SimpleRNN). `record`, when given, is called after each
+    step with that step's gate activations: LSTM/ConvLSTM {i, f, c (the candidate act(...)), o},
+    GRU {z, r, h (the candidate)}, SimpleRNN {h (the new state)}.
     """
     kind = spec["kind"]
     units = int(spec["units"])
@@ -177,16 +190,16 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
         x = np.moveaxis(x, 2, -1)
     steps = range(x.shape[1] - 1, -1, -1) if spec.get("go_backwards") else range(x.shape[1])
     if kind == "LSTM":
-        step = _lstm(blocks, units, act, rec, spec)
+        step = _lstm(blocks, units, act, rec, spec, record)
         out_size = blocks["P"].shape[1] if "P" in blocks else units
         states = [np.zeros((x.shape[0], out_size)), np.zeros((x.shape[0], units))]
     elif kind == "GRU":
-        step, states = _gru(blocks, units, act, rec, bool(spec.get("reset_after")), _clipper(spec)), \
+        step, states = _gru(blocks, units, act, rec, bool(spec.get("reset_after")), _clipper(spec), record), \
             [np.zeros((x.shape[0], units))]
     elif kind == "SimpleRNN":
-        step, states = _simple(blocks, units, act, _clipper(spec)), [np.zeros((x.shape[0], units))]
+        step, states = _simple(blocks, units, act, _clipper(spec), record), [np.zeros((x.shape[0], units))]
     elif kind == "ConvLSTM":
-        step, shape = _conv_lstm(blocks, units, act, rec, spec.get("conv") or {}, x.shape[2:-1])
+        step, shape = _conv_lstm(blocks, units, act, rec, spec.get("conv") or {}, x.shape[2:-1], record)
         states = [np.zeros((x.shape[0],) + shape + (units,))] * 2
     else:
         raise ReferenceUnsupported(f"no reference cell for {kind}")
@@ -201,7 +214,15 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
     return seq, list(states)
 
 
-def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
+def gate_activations(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray,
+                     hard_sigmoid: str) -> list[dict[str, np.ndarray]]:
+    """The gate activations of each step of `run` (processing order), one dict per step."""
+    steps: list[dict[str, np.ndarray]] = []
+    run(spec, blocks, x, hard_sigmoid, record=steps.append)
+    return steps
+
+
+def _lstm(blocks, units, act, rec, spec: Mapping[str, Any], record=None):
     """The LSTM of Keras, and with the extras other frameworks store or apply: peepholes p_i, p_f,
     p_o (on c_{t-1} for i and f, on c_t for o), a run-time forget_bias added to f, cell_clip on c,
     a projection h = (o ⊙ act(c)) P (+ bP), clipped by proj_clip."""
@@ -219,10 +240,13 @@ def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
         z = [x @ W[k] + h @ U[k] + b[k] for k in range(4)]
         i = rec(clip(z[0] + peep["i"] * c))
         f = 1.0 - i if coupled else rec(clip(z[1] + peep["f"] * c))
-        c = f * c + i * act(clip(z[2]))
+        candidate = act(clip(z[2]))
+        c = f * c + i * candidate
         if cell_clip > 0:
             c = np.clip(c, -cell_clip, cell_clip)
         o = rec(clip(z[3] + peep["o"] * c))
+        if record is not None:
+            record({"i": i, "f": f, "c": candidate, "o": o})
         h = o * act(c)
         if projection is not None:
             h = h @ projection + (projection_bias if projection_bias is not None else 0.0)
@@ -232,7 +256,7 @@ def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
     return step
 
 
-def _gru(blocks, units, act, rec, reset_after, clip=lambda v: v):
+def _gru(blocks, units, act, rec, reset_after, clip=lambda v: v, record=None):
     W = {g: _need(blocks, "W", g) for g in "zrh"}
     U = {g: _need(blocks, "U", g) for g in "zrh"}
     b = {g: _bias(blocks, "b", g, units) for g in "zrh"}
@@ -246,16 +270,21 @@ def _gru(blocks, units, act, rec, reset_after, clip=lambda v: v):
             candidate = act(clip(x @ W["h"] + b["h"] + r * (h @ U["h"] + bU["h"])))
         else:  # bU_h (ONNX's Rbh) is added outside the reset; Keras stores no bU here
             candidate = act(clip(x @ W["h"] + b["h"] + (r * h) @ U["h"] + bU["h"]))
+        if record is not None:
+            record({"z": z, "r": r, "h": candidate})
         return [z * h + (1.0 - z) * candidate]
     return step
 
 
-def _simple(blocks, units, act, clip=lambda v: v):
+def _simple(blocks, units, act, clip=lambda v: v, record=None):
     W, U, b = _need(blocks, "W", ""), _need(blocks, "U", ""), _bias(blocks, "b", "", units)
     bU = _bias(blocks, "bU", "", units)
 
     def step(x, states):
-        return [act(clip(x @ W + states[0] @ U + b + bU))]
+        h = act(clip(x @ W + states[0] @ U + b + bU))
+        if record is not None:
+            record({"h": h})
+        return [h]
     return step
 
 
@@ -292,7 +321,7 @@ def conv_output_spatial(spatial: Sequence[int], kernel: Sequence[int], conv: Map
     return tuple(out)
 
 
-def _conv_lstm(blocks, units, act, rec, conv, spatial):
+def _conv_lstm(blocks, units, act, rec, conv, spatial, record=None):
     W = [_need(blocks, "W", g) for g in "ifco"]
     U = [_need(blocks, "U", g) for g in "ifco"]
     b = [_bias(blocks, "b", g, units) for g in "ifco"]
@@ -306,6 +335,9 @@ def _conv_lstm(blocks, units, act, rec, conv, spatial):
         z = [conv_nd(x, W[k], strides, padding, dilation) + b[k] + conv_nd(h, U[k], ones, "same", ones)
              for k in range(4)]
         i, f, o = rec(z[0]), rec(z[1]), rec(z[3])
-        c = f * c + i * act(z[2])
+        candidate = act(z[2])
+        c = f * c + i * candidate
+        if record is not None:
+            record({"i": i, "f": f, "c": candidate, "o": o})
         return [o * act(c), c]
     return step, shape

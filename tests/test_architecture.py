@@ -95,3 +95,17 @@ def test_format_libraries_are_imported_lazily():
             for root in roots:
                 if root in heavy:
                     assert name.startswith(allowed.get(root, ("<none>",))), f"{name} imports {root} at module level"
+
+
+def test_matplotlib_is_imported_only_by_plot():
+    """matplotlib is an optional extra (`lstm-inspect[plot]`): only the `plot` command imports it,
+    and only inside its drawing functions (the module-level check above forbids the rest)."""
+    users = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "matplotlib" for n in names):
+                users.add(name)
+    assert users == {"lstm_inspect.commands.plot"}
+

@@ -172,6 +172,9 @@ ONNX_SAMPLE = CORPUS / "silero-vad__silero_vad_16k_op15.onnx"  # LSTMs in If bra
     ["diff", "{onnx}", "{onnx}"],
     ["summary", "{ckpt}"],  # a TF1 checkpoint, by its prefix (more TF files in tests/tf/test_tf_commands.py)
     ["split-gates", "{ckpt}", "-o", "{tmp}/out.npz"],
+    ["stats", "{sample}"],
+    ["stats", "--format", "json", "{sample}"],
+    ["diff", "--stats", "{sample}", "{sample}"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
     """Run the real console command in a fresh interpreter and list what it imported."""

@@ -196,13 +196,15 @@ def iter_rows(w: Weight, chunk_bytes: int | None = None) -> Iterator[np.ndarray]
         yield np.asarray(w.read(np.s_[start:min(start + step, shape[0])]))
 
 
-def iter_block_rows(block: Block, chunk_bytes: int | None = None) -> Iterator[np.ndarray]:
-    """A gate block as row slices (the same rows for A and B of a diff), whole when it has a transform."""
+def iter_block_rows(block: Block, chunk_bytes: int | None = None, dequantize: bool = False) -> Iterator[np.ndarray]:
+    """A gate block as row slices (the same rows for A and B of a diff), whole when it has a transform.
+
+    `dequantize=True` hands out real values (`Weight.read_values`) for quantized weights, as
+    `Block.read()` does; the default hands out the stored values of row slices."""
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     shape = block.shape
-    sel = block.selection
-    lead_ok = sel is Ellipsis or (isinstance(sel, tuple) and sel and sel[0] == slice(None))
-    if block.transform is not Transform.NONE or len(shape) < 2 or not lead_ok or shape[0] == 0:
+    rows = block_row_range(block)
+    if rows is None:
         yield block.read()
         return
     row = math.prod(shape[1:]) * _itemsize(block.source.dtype)
@@ -210,9 +212,58 @@ def iter_block_rows(block: Block, chunk_bytes: int | None = None) -> Iterator[np
     if step >= shape[0]:
         yield block.read()
         return
+    read = block.source.read_values if dequantize else block.source.read
+    sel = block.selection
     rest = (Ellipsis,) if sel is Ellipsis else tuple(sel[1:])
+    first = rows.start
     for start in range(0, shape[0], step):
-        yield np.asarray(block.source.read((slice(start, min(start + step, shape[0])),) + rest))
+        yield np.asarray(read((slice(first + start, first + min(start + step, shape[0])),) + rest))
+
+
+def block_row_range(block: Block) -> range | None:
+    """The rows of the source tensor a block's rows are, when the block is a plain slice of it that
+    row slices can be read from (no transform, rank >= 2, leading selection a step-1 slice); else None."""
+    shape, sel = block.shape, block.selection
+    if block.transform is not Transform.NONE or len(shape) < 2 or shape[0] == 0:
+        return None
+    if len(block.source.shape) != len(shape):
+        return None
+    if sel is Ellipsis:
+        return range(shape[0])
+    if not (isinstance(sel, tuple) and sel and isinstance(sel[0], slice) and sel[0].step in (None, 1)):
+        return None
+    start, stop, _ = sel[0].indices(block.source.shape[0])
+    return range(start, stop) if stop - start == shape[0] else None
+
+
+def iter_block_cols(block: Block, chunk_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first column, values) of a block as slices of its last axis, dequantized: the block's whole
+    leading axes, a band of columns at a time (whole when it has a transform or an unusual selection)."""
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    shape, sel = block.shape, block.selection
+    last = _column_slice(block)
+    per_column = math.prod(shape[:-1]) * _itemsize(block.source.dtype)
+    step = max(1, chunk_bytes // max(1, per_column))
+    if last is None or not shape or step >= shape[-1]:
+        yield 0, block.read()
+        return
+    lead = (slice(None),) * (len(shape) - 1) if sel is Ellipsis else tuple(sel[:-1])
+    for start in range(0, shape[-1], step):
+        stop = min(start + step, shape[-1])
+        yield start, np.asarray(block.source.read_values(lead + (slice(last.start + start, last.start + stop),)))
+
+
+def _column_slice(block: Block) -> range | None:
+    shape, sel = block.shape, block.selection
+    if block.transform is not Transform.NONE or not shape or len(block.source.shape) != len(shape):
+        return None
+    if sel is Ellipsis:
+        return range(shape[-1])
+    if not (isinstance(sel, tuple) and len(sel) == len(shape)
+            and all(isinstance(s, slice) and s.step in (None, 1) for s in sel)):
+        return None
+    start, stop, _ = sel[-1].indices(block.source.shape[-1])
+    return range(start, stop) if stop - start == shape[-1] else None
 
 
 def _check_numeric(arr: np.ndarray, w: Weight) -> np.ndarray:
@@ -947,8 +998,11 @@ def _change(sq_a: float, sq_d: float) -> dict:
     return {"relative": norm_d / norm_a, "norm_a": norm_a, "norm_diff": norm_d, "note": None}
 
 
-def diff_data(path_a: str | os.PathLike, path_b: str | os.PathLike) -> dict:
-    """Both snapshots (without checksums) and the per-block changes of matching directions."""
+def diff_data(path_a: str | os.PathLike, path_b: str | os.PathLike, stats: bool = False) -> dict:
+    """Both snapshots (without checksums) and the per-block changes of matching directions.
+
+    `stats=True` (diff --stats) adds to each change the statistics of `stats` for A and B side by
+    side (block moments, spectral norms, the effective forget bias; no probe): `change["stats"]`."""
     with open_model(path_a) as ma, open_model(path_b) as mb:
         sa = build_snapshot(ma, str(path_a), with_checksums=False)
         sb = build_snapshot(mb, str(path_b), with_checksums=False)
@@ -961,6 +1015,9 @@ def diff_data(path_a: str | os.PathLike, path_b: str | os.PathLike) -> dict:
             blocks = _block_changes(x, y)
             changes.append({"path": pa, "path_b": pb, "kind": x.kind.value, "gates": list(x.gates),
                             "blocks": blocks, "gate_change": _gate_change(list(x.gates), blocks)})
+            if stats:
+                from lstm_inspect.commands.stats import diff_stats  # stats builds on this module
+                changes[-1]["stats"] = diff_stats(ma, x, mb, y)
     return {"a": sa, "b": sb, "changes": changes}
 
 

@@ -221,6 +221,16 @@ def render_diff_table(result: DiffReport, console: Console) -> None:
         moved = most_moved(change)
         if moved:
             console.print("  " + moved, markup=False, highlight=False)
+        if change.get("stats"):
+            console.print(Text("statistics, A → B", style="bold"))
+            table = _table(console)
+            for col in STATS_COLUMNS:
+                table.add_column(col, justify="left" if col == "Gate" else "right")
+            for row in stats_rows(change["stats"]):
+                table.add_row(*(escape(c) for c in row))
+            console.print(table)
+            for line in stats_lines(change["stats"]):
+                console.print("  " + line, markup=False, highlight=False)
 
 
 def render_diff_markdown(result: DiffReport) -> str:
@@ -246,7 +256,66 @@ def render_diff_markdown(result: DiffReport) -> str:
         out += ["| " + " | ".join(cell(c) for c in row) + " |" for row, _ in rows]
         moved = most_moved(change)
         out += ([""] + [f"- {moved}"] if moved else []) + [""]
+        if change.get("stats"):
+            out += ["Statistics, A → B:", "", "| " + " | ".join(STATS_COLUMNS) + " |",
+                    "|---|" + "---:|" * (len(STATS_COLUMNS) - 1)]
+            out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in stats_rows(change["stats"])]
+            out += [""] + [f"- {cell(line)}" for line in stats_lines(change["stats"])] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+# diff --stats: the statistics of `stats` for A and B side by side
+
+STATS_COLUMNS = ["Gate", "bias mean", "‖W‖", "‖U‖", "σ₁(U)"]
+
+
+def _pair(values: list, relative: bool) -> str:
+    a, b = values
+    if a is None and b is None:
+        return "-"
+    text = f"{_g(a)} → {_g(b)}"
+    if a is None or b is None or a == b:
+        return text
+    if relative and a != 0:
+        return f"{text} ({(b - a) / abs(a):+.2%})"
+    return f"{text} ({b - a:+.3g})"
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def stats_rows(stats: dict) -> Iterable[list[str]]:
+    for gate, v in stats["gates"].items():
+        label = f"{gate} ({GATE_MEANING[gate]})" if gate in GATE_MEANING else "(single block)"
+        yield [label, _pair(v["bias_mean"], False), _pair(v["W_norm"], True), _pair(v["U_norm"], True),
+               _pair(v["spectral_norm"], True)]
+    if len(stats["gates"]) > 1 and any(v is not None for v in stats["whole_spectral_norm"]):
+        yield ["U (whole kernel)", "", "", "", _pair(stats["whole_spectral_norm"], True)]
+
+
+_MOVED = {"bias_mean": "bias", "norm": "weight norm", "spectral_norm": "spectral norm of U"}
+
+
+def stats_lines(stats: dict) -> list[str]:
+    lines = []
+    for key, what in _MOVED.items():
+        m = stats["moved_most"][key]
+        if m is None:
+            continue
+        gate = m["gate"]
+        name = f"{gate} ({GATE_MEANING[gate]})" if gate in GATE_MEANING else "the cell"
+        change = f"{m['change']:+.2%}" if m["relative"] else f"{m['change']:+.4g}"
+        lines.append(f"{what} moved most: {name}, {_g(m['a'])} → {_g(m['b'])} ({change})")
+    fa, fb = stats["a"]["forget_bias"], stats["b"]["forget_bias"]
+    if fa and fb:
+        line = f"effective {fa['gate']} bias mean {_pair([fa['mean'], fb['mean']], False)}"
+        if fa["open_fraction"] and fb["open_fraction"]:
+            line += (f"; starts above 0.5 for {fa['open_fraction']['0.5']:.0%} → {fb['open_fraction']['0.5']:.0%}"
+                     f" of the units, above 0.9 for {fa['open_fraction']['0.9']:.0%} → "
+                     f"{fb['open_fraction']['0.9']:.0%}")
+        lines.append(line)
+    return lines
 
 
 def render_diff_json(result: DiffReport) -> str:

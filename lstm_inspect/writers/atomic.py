@@ -45,12 +45,16 @@ def current_umask() -> int:
 
 class atomic_folder:
     """Build a folder beside `out` and rename it into place; an existing output is replaced only with
-    force and only if it looks like an earlier export (nothing but .onnx files)."""
+    force and only if it looks like an earlier export (nothing but files ending in `suffixes`:
+    .onnx models by default; `what` names them in the refusal)."""
 
-    def __init__(self, out: str | os.PathLike, force: bool) -> None:
+    def __init__(self, out: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".onnx",),
+                 what: str = ".onnx models") -> None:
         self.target = Path(out)
         self.force = force
         self.tmp: str | None = None
+        self.suffixes = suffixes
+        self.what = what
 
     def __enter__(self) -> str:
         target = self.target
@@ -60,9 +64,9 @@ class atomic_folder:
             if target.is_symlink() or not target.is_dir():
                 raise UsageError(f"{target} exists and is not a folder; refusing to replace it")
             strangers = [p.name for p in target.iterdir() if not (p.is_file() and not p.is_symlink()
-                                                                   and p.name.endswith(".onnx"))]
+                                                                   and p.name.endswith(self.suffixes))]
             if strangers:
-                raise UsageError(f"{target} holds files that are not .onnx models ({', '.join(strangers[:3])}); "
+                raise UsageError(f"{target} holds files that are not {self.what} ({', '.join(strangers[:3])}); "
                                  f"refusing to replace it")
         parent = target.parent if str(target.parent) else Path(".")
         if not parent.is_dir():
