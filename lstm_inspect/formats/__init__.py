@@ -46,6 +46,9 @@ def open_model(path: str | os.PathLike, limits: Limits | None = None) -> Model:
 
 def reader_for(container: Container) -> Reader:
     """The reader of a container, its module imported now (and only now)."""
+    if container is Container.TFLITE:
+        from lstm_inspect.formats.tflite.reader import read_model
+        return read_model
     from lstm_inspect.formats.keras.files import READERS
     return READERS[container]
 

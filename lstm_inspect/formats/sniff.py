@@ -21,9 +21,11 @@ class Container(enum.Enum):
     ZIP = "zip"
     DIRECTORY = "directory"
     JSON = "json"
+    TFLITE = "tflite"
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+TFLITE_IDENTIFIER = b"TFL3"  # a FlatBuffers file identifier: bytes 4-8, after the root offset
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 _HEAD_BYTES = 4096
 
@@ -82,6 +84,8 @@ def _classify(head: bytes, userblock_hdf5: bool, name: str) -> Container:
         return Container.HDF5
     if head.startswith(_ZIP_SIGNATURES):
         return Container.ZIP
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return Container.TFLITE
     if userblock_hdf5:
         return Container.HDF5
     if strip_bom(head).lstrip(b" \t\r\n").startswith(b"{"):
@@ -97,7 +101,6 @@ def _looks_like(head: bytes, name: str) -> str:
     lower, suffix = text[:64].lower(), os.path.splitext(name)[1].lower()
     checks = (
         (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5, "looks like a Python pickle, which is never loaded"),
-        (head[4:8] == b"TFL3", "looks like a TensorFlow Lite flatbuffer"),
         (head.startswith(b"\x93NUMPY"), "looks like a NumPy .npy array"),
         (head.startswith(b"version https://git-lfs"), "is a Git LFS pointer, not the model itself (git lfs pull?)"),
         (lower.startswith((b"<!doctype html", b"<html")), "looks like an HTML page (a failed download?)"),
