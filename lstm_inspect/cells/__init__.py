@@ -24,6 +24,9 @@ def _builder(framework: Framework) -> Callable[[Model], list[Direction]]:
     if framework is Framework.KERAS:
         from lstm_inspect.cells.keras import keras_directions
         return keras_directions
+    if framework is Framework.TFLITE:
+        from lstm_inspect.cells.tflite import tflite_directions
+        return tflite_directions
     raise NotImplementedError(f"no cell builder for {framework.value} models")
 
 
