@@ -29,6 +29,9 @@ def _act(name: str | None, default: str) -> str:
 
 
 def explain(d: Direction) -> Explanation:
+    if d.source_layout.startswith("tflite-"):  # TFLite's own equations (cell_clip, layer norm, loops...)
+        from lstm_inspect.commands.explain_tflite import explain_tflite
+        return explain_tflite(d)
     return Explanation(
         title=f"{d.path} — {d.kind.value} ({d.class_name}): input_dim {d.input_dim}, units {d.units}",
         equations=tuple(_equations(d)),
