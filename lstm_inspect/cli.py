@@ -222,25 +222,36 @@ def verify(
     steps: Annotated[int, typer.Option("--steps", help="Time steps of the random input.", min=1, max=10_000)] = 7,
     batch: Annotated[int, typer.Option("--batch", help="Batch size of the random input.", min=1, max=10_000)] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.", min=0)] = 0,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest allowed absolute difference.",
-                                             min=0.0)] = 1e-5,
+    tolerance: Annotated[Optional[float], typer.Option(
+        "--tolerance", min=0.0, help="Largest allowed absolute difference (default 1e-5; for a quantized "
+                                     ".tflite model, a number of its quantization steps).")] = None,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
                                               case_sensitive=False)] = VerifyFormat.TABLE,
 ) -> None:
     """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
 
-    Needs TensorFlow (pip install 'lstm-inspect[tf]'). Exit 0 when every direction is within the
-    tolerance, 1 when one is not, 2 on bad input.
+    Needs TensorFlow (pip install 'lstm-inspect[tf]'). A .tflite model runs in TensorFlow's own
+    tf.lite.Interpreter: each recurrent operator's real input and output against the NumPy cell.
+    Exit 0 when every direction is within the tolerance, 1 when one is not, 2 on bad input.
     """
     from lstm_inspect.commands import verify as verify_mod
+    from lstm_inspect.commands import verify_tflite
     from lstm_inspect.render import verify as render
 
     with _handle_errors():
-        verify_mod.require_tensorflow()
-        # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
-        data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
-                       timeout=scaled_timeout(model))
-        report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        if guarded(verify_tflite.is_tflite, str(model), label=str(model)):
+            from lstm_inspect.render import verify_tflite as render  # type: ignore[no-redef]
+            verify_tflite.require_tensorflow()
+            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                           timeout=scaled_timeout(model))
+            report = verify_tflite.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
+        else:
+            tolerance = 1e-5 if tolerance is None else tolerance
+            verify_mod.require_tensorflow()
+            # Read in the guarded child first: TensorFlow starts threads, and the guard forks.
+            data = guarded(verify_mod.collect, str(model), tuple(layer), label=str(model),
+                           timeout=scaled_timeout(model))
+            report = verify_mod.check(data, steps=steps, batch=batch, seed=seed, tolerance=tolerance)
     if fmt is VerifyFormat.JSON:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
@@ -248,13 +259,14 @@ def verify(
     rows = report["directions"]
     failed = [r for r in rows if r["status"] == "fail"]
     errors = [r for r in rows if r["status"] == "error"]
+    limit = f"{tolerance:g}" if tolerance is not None else "the tolerance of each"
     if failed:
-        say(f"verify FAILED for {', '.join(r['path'] for r in failed)} (tolerance {tolerance:g})")
+        say(f"verify FAILED for {', '.join(r['path'] for r in failed)} (tolerance {limit})")
         raise typer.Exit(1)
     if errors:
         say(f"verify could not check {', '.join(r['path'] for r in errors)}: {errors[0]['reason']}")
         raise typer.Exit(2)
-    say(f"verify: {len(rows)} recurrent direction(s) within {tolerance:g}")
+    say(f"verify: {len(rows)} recurrent direction(s) within {limit}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ in float64, so that `verify` can compare it with Keras itself and the split is p
     LSTM extras (TF1, ONNX, TFLite, PyTorch): peepholes p_i, p_f (on c_{t-1}) and p_o (on c_t),
                a run-time forget_bias added to f, cell_clip, projection h = (o act(c')) P + bP
                with proj_clip; then h has the projection's size and U its rows.
+    TFLite only: CIFG (no W_i: i = 1 - f) and layer norm (ln_<g>: LN(x W + h U) ln + b), see _lstm_tflite.
 
 σ is the recurrent activation. `hard_sigmoid` has two definitions: Keras 1/2 and tf.keras
 `clip(0.2 x + 0.5, 0, 1)`, Keras 3 `relu6(x + 3) / 6`; callers choose by the producing version.
@@ -174,7 +175,8 @@ def run(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], x: np.ndarray
         x = np.moveaxis(x, 2, -1)
     steps = range(x.shape[1] - 1, -1, -1) if spec.get("go_backwards") else range(x.shape[1])
     if kind == "LSTM":
-        step = _lstm(blocks, units, act, rec, spec)
+        tflite_only = "W_i" not in blocks or any(k.startswith("ln_") for k in blocks)  # CIFG, layer norm
+        step = (_lstm_tflite if tflite_only else _lstm)(blocks, units, act, rec, spec)
         out_size = blocks["P"].shape[1] if "P" in blocks else units
         states = [np.zeros((x.shape[0], out_size)), np.zeros((x.shape[0], units))]
     elif kind == "GRU":
@@ -218,6 +220,46 @@ def _lstm(blocks, units, act, rec, spec: Mapping[str, Any]):
         if cell_clip > 0:
             c = np.clip(c, -cell_clip, cell_clip)
         o = rec(z[3] + peep["o"] * c)
+        h = o * act(c)
+        if projection is not None:
+            h = h @ projection + (projection_bias if projection_bias is not None else 0.0)
+            if proj_clip > 0:
+                h = np.clip(h, -proj_clip, proj_clip)
+        return [h, c]
+    return step
+
+
+def _lstm_tflite(blocks, units, act, rec, spec: Mapping[str, Any]):
+    """TFLite's float LSTM kernel (tensorflow/lite/kernels/lstm_eval.cc) with what only it has: CIFG (no
+    input-gate blocks: i = 1 - f) and layer normalisation (ln_<g>: a gate's pre-activation x W + h U
+    [+ peephole] is normalised over the units, (v - mean) / sqrt(var + 1e-8), scaled by ln_<g>, and only
+    then is its bias added); peepholes, cell_clip, projection and proj_clip as in `_lstm`."""
+    cifg = gate(blocks, "W", "i") is None
+    gates = "fco" if cifg else "ifco"
+    W = {g: _need(blocks, "W", g) for g in gates}
+    U = {g: _need(blocks, "U", g) for g in gates}
+    b = {g: _bias(blocks, "b", g, units) for g in gates}
+    ln = {g: gate(blocks, "ln", g) for g in gates}
+    peep = {g: _bias(blocks, "p", g, units) for g in "ifo"}
+    projection, projection_bias = gate(blocks, "P", ""), gate(blocks, "bP", "")
+    cell_clip, proj_clip = spec.get("cell_clip") or 0.0, spec.get("proj_clip") or 0.0
+
+    def pre(g, x, h, extra=0.0):
+        v = x @ W[g] + h @ U[g] + extra
+        if ln[g] is not None:
+            mean = v.mean(axis=-1, keepdims=True)
+            var = np.square(v - mean).mean(axis=-1, keepdims=True)
+            v = (v - mean) / np.sqrt(var + 1e-8) * ln[g]
+        return v + b[g]
+
+    def step(x, states):
+        h, c = states
+        f = rec(pre("f", x, h, peep["f"] * c))
+        i = 1.0 - f if cifg else rec(pre("i", x, h, peep["i"] * c))
+        c = f * c + i * act(pre("c", x, h))
+        if cell_clip > 0:
+            c = np.clip(c, -cell_clip, cell_clip)
+        o = rec(pre("o", x, h, peep["o"] * c))
         h = o * act(c)
         if projection is not None:
             h = h @ projection + (projection_bias if projection_bias is not None else 0.0)

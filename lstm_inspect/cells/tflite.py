@@ -39,6 +39,21 @@ def tflite_directions(model: Model) -> list[Direction]:
     return out
 
 
+def direction_sources(model: Model) -> dict[str, tuple[Mapping[str, Any], str | None]]:
+    """path -> (the recurrent layer's facts from the reader, "fw"/"bw" for a side of a bidirectional
+    operator else None), for every direction tflite_directions makes (verify finds the operators with it)."""
+    out: dict[str, tuple[Mapping[str, Any], str | None]] = {}
+    for top in model.layers:
+        for layer, parent in _recurrent_layers(top):
+            facts = layer.config["tflite"]
+            base = f"{parent.name}/{layer.role}" if parent is not None else layer.name
+            if facts["form"] == "fused-op" and facts["bidirectional_op"]:
+                out[f"{base}/forward"], out[f"{base}/backward"] = (facts, "fw"), (facts, "bw")
+            else:
+                out[base] = (facts, None)
+    return out
+
+
 def _recurrent_layers(layer: Layer):
     facts = (layer.config or {}).get("tflite", {})
     if facts.get("form") == "bidirectional":

@@ -27,6 +27,7 @@ from lstm_inspect import reference as ref
 from lstm_inspect.cells import layouts
 from lstm_inspect.cells.core import CellKind
 from lstm_inspect.errors import CorruptModelError, MissingExtraError, UsageError
+from lstm_inspect.model import Framework
 
 MISSING_TF = "verify needs TensorFlow: pip install 'lstm-inspect[tf]'"
 PRODUCER_LABEL = {"keras1": "Keras 1", "keras2": "Keras 2 / tf.keras", "keras3": "Keras 3", None: "unknown Keras"}
@@ -47,6 +48,9 @@ def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True) 
         dirs = select(directions(model), patterns)
         if not dirs:
             raise UsageError("the model has no recurrent layers")
+        if model.framework is Framework.TFLITE:  # the interpreter, not Keras, runs it (verify_tflite)
+            from lstm_inspect.commands.verify_tflite import collect_model
+            return collect_model(model, path, dirs, file_tensors)
         owners = _weight_owners(model)
         producer = _producer(model.keras_version, dirs)
         out = [_facts(d, owners, producer, model.keras_version, file_tensors) for d in dirs]
