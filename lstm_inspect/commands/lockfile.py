@@ -30,9 +30,9 @@ import numpy as np
 from lstm_inspect import __version__
 from lstm_inspect.cells import GATE_MEANING, Block, Direction, Transform, directions
 from lstm_inspect.commands.summary import direction_dict
-from lstm_inspect.errors import CorruptModelError, UsageError
+from lstm_inspect.errors import CorruptModelError, UnsupportedDialectError, UsageError
 from lstm_inspect.formats import open_model
-from lstm_inspect.model import Layer, Model, Weight, strip_tf_suffix
+from lstm_inspect.model import Framework, Layer, Model, Weight, strip_tf_suffix
 
 SCHEMA = "lstm-inspect/snapshot"
 VERSION = 1
@@ -82,7 +82,9 @@ def build_snapshot(model: Model, source: str, with_checksums: bool = True, finit
         "tool": {"name": "lstm-inspect", "version": __version__},
         "checksum": CHECKSUM if with_checksums else None,
         "source": {"file": os.path.basename(os.path.normpath(source)), "format": model.format,
-                   "keras_version": model.keras_version, "backend": model.backend},
+                   "keras_version": model.keras_version, "backend": model.backend,
+                   # other frameworks only: Keras lock files stay as they were
+                   **({"framework": model.framework.value} if model.framework is not Framework.KERAS else {})},
         "model": {"name": model.name, "class": model.class_name, "has_config": model.has_config},
         "totals": {"params": total, "trainable_params": trainable, "non_trainable_params": total - trainable,
                    "bytes": sum(by_dtype.values()), "bytes_by_dtype": dict(sorted(by_dtype.items()))},
@@ -581,7 +583,8 @@ def match_layers(expected: list[dict], actual: list[dict]):
 def compare(expected: Mapping, actual: Mapping, *, semantic: bool = False, weights: bool = False) -> Comparison:
     """Every difference between two snapshots. `semantic=True` (diff) ignores the container format and
     weight-name spelling; `weights=True` also compares the per-tensor checksums."""
-    ctx = _Ctx(semantic, weights, group="structure" if semantic else "against")
+    ctx = _Ctx(semantic, weights, group="structure" if semantic else "against",
+               cross=semantic and _framework(expected) != _framework(actual))
     checks: list[CheckResult] = []
     exp_dirs = {d["path"]: d for d in expected["recurrent"]}
     act_dirs = {d["path"]: d for d in actual["recurrent"]}
@@ -614,7 +617,8 @@ def compare(expected: Mapping, actual: Mapping, *, semantic: bool = False, weigh
             seen_dirs_e.add(pe)
             seen_dirs_a.add(pa)
             found.extend(_compare_direction(ctx, exp_dirs[pe], act_dirs[pa], pa))
-            if exp_dirs[pe]["blocks"] == act_dirs[pa]["blocks"] and exp_dirs[pe]["kind"] == act_dirs[pa]["kind"]:
+            same = _comparable_blocks(ctx, exp_dirs[pe], act_dirs[pa])
+            if same[0] == same[1] and exp_dirs[pe]["kind"] == act_dirs[pa]["kind"]:
                 dir_pairs.append((pe, pa))
         for pe in _dirs_of(e["name"], exp_dirs):
             if pe not in seen_dirs_e:
@@ -638,14 +642,14 @@ def compare(expected: Mapping, actual: Mapping, *, semantic: bool = False, weigh
         checks.append(CheckResult(f"layer {e['name']}", ctx.group, (ctx.finding(
             e["name"], "layer-removed",
             f"layer {e['name']} ({e['class']}, {e['params']:,} params) removed (was at position {i + 1})",
-            e["name"], None),)))
+            e["name"], None, severity=_one_side(ctx, e["name"], exp_dirs)),)))
     for j in added:
         a = act_layers[j]
         seen_dirs_a.update(_dirs_of(a["name"], act_dirs))
         checks.append(CheckResult(f"layer {a['name']}", ctx.group, (ctx.finding(
             a["name"], "layer-added",
             f"layer {a['name']} ({a['class']}, {a['params']:,} params) added at position {j + 1}",
-            None, a["name"]),)))
+            None, a["name"], severity=_one_side(ctx, a["name"], act_dirs)),)))
     # Directions whose top-level layer is not a layer of the snapshot (weights-only oddities).
     stray: list[Finding] = []
     for pe in exp_dirs:
@@ -677,10 +681,37 @@ class _Ctx:
     semantic: bool
     weights: bool
     group: str
+    # diff across frameworks (a Keras model and its ONNX or PyTorch conversion): stored tensors differ by
+    # layout, so layers holding recurrent directions are compared through their gate blocks, a second bias
+    # (bU) is compared as b + bU, and layers or totals found on one side only are warnings
+    cross: bool = False
 
     def finding(self, subject: str, kind: str, message: str, expected: Any = None, actual: Any = None,
                 severity: str = "error") -> Finding:
         return Finding.make(self.group, subject, kind, message, expected, actual, severity)
+
+
+def _one_side(ctx: _Ctx, layer: str, dirs: Mapping[str, dict]) -> str:
+    """A layer on one side only is an error, except across frameworks when it holds no recurrent direction
+    (a conversion carries the recurrent layers; graphs and state dicts hold other tensors)."""
+    return "warning" if ctx.cross and not _dirs_of(layer, dirs) else "error"
+
+
+def _framework(snapshot: Mapping) -> str:
+    return str(snapshot.get("source", {}).get("framework", Framework.KERAS.value))
+
+
+def _comparable_blocks(ctx: _Ctx, e: dict, a: dict) -> tuple[dict, dict]:
+    """The block shapes compared: across frameworks, without bU when only one side keeps a second bias."""
+    be, ba = e["blocks"], a["blocks"]
+    if ctx.cross and _has_second_bias(be) != _has_second_bias(ba):
+        be = {k: v for k, v in be.items() if not k.startswith("bU")}
+        ba = {k: v for k, v in ba.items() if not k.startswith("bU")}
+    return be, ba
+
+
+def _has_second_bias(blocks: Mapping) -> bool:
+    return any(k.startswith("bU") for k in blocks)
 
 
 def _dirs_of(layer: str, dirs: Mapping[str, dict]) -> list[str]:
@@ -697,6 +728,8 @@ def _direction_pairs(name_e: str, name_a: str, exp_dirs: Mapping, act_dirs: Mapp
 
 
 def _compare_layer(ctx: _Ctx, e: dict, a: dict, path: str, has_dirs: bool = False) -> list[Finding]:
+    if ctx.cross and has_dirs:
+        return []  # each framework stores the cell its own way: its directions are compared instead
     out: list[Finding] = []
     f = ctx.finding
     if e["class"] != a["class"]:
@@ -802,7 +835,7 @@ def _compare_direction(ctx: _Ctx, e: dict, a: dict, path: str) -> list[Finding]:
     out: list[Finding] = []
     for key in DIRECTION_FIELDS:
         x, y = e.get(key), a.get(key)
-        if x is None or y is None or x == y:
+        if x is None or y is None or x == y or (ctx.cross and key == "class"):
             continue
         if key in ("activation", "recurrent_activation") and str(x).lower() == str(y).lower():
             continue
@@ -812,14 +845,14 @@ def _compare_direction(ctx: _Ctx, e: dict, a: dict, path: str) -> list[Finding]:
                 continue
         out.append(ctx.finding(path, key, f"{path}: {key} {_fmt(x)} → {_fmt(y)}", x, y))
     implied = any(e.get(k) != a.get(k) for k in ("kind", "units", "input_dim", "kernel_size"))
-    if not implied and e["blocks"] != a["blocks"]:
-        gone = sorted((b for b in e["blocks"] if b not in a["blocks"]), key=_block_key)
-        new = sorted((b for b in a["blocks"] if b not in e["blocks"]), key=_block_key)
-        changed = sorted((b for b in e["blocks"] if b in a["blocks"] and e["blocks"][b] != a["blocks"][b]),
-                         key=_block_key)
+    be, ba = _comparable_blocks(ctx, e, a)
+    if not implied and be != ba:
+        gone = sorted((b for b in be if b not in ba), key=_block_key)
+        new = sorted((b for b in ba if b not in be), key=_block_key)
+        changed = sorted((b for b in be if b in ba and be[b] != ba[b]), key=_block_key)
         parts = ([f"blocks removed: {', '.join(gone)}"] if gone else []) + \
                 ([f"blocks added: {', '.join(new)}"] if new else []) + \
-                [f"{b} {_shape(e['blocks'][b])} → {_shape(a['blocks'][b])}" for b in changed]
+                [f"{b} {_shape(be[b])} → {_shape(ba[b])}" for b in changed]
         out.append(ctx.finding(path, "blocks", f"{path}: {'; '.join(parts)}", e["blocks"], a["blocks"]))
     return out
 
@@ -836,7 +869,8 @@ def _compare_model(ctx: _Ctx, expected: Mapping, actual: Mapping) -> list[Findin
     for key, text in (("params", "total params"), ("trainable_params", "trainable params"),
                       ("non_trainable_params", "non-trainable params")):
         if te[key] != ta[key]:
-            out.append(ctx.finding("model", f"totals.{key}", f"{text} {te[key]:,} → {ta[key]:,}", te[key], ta[key]))
+            out.append(ctx.finding("model", f"totals.{key}", f"{text} {te[key]:,} → {ta[key]:,}", te[key], ta[key],
+                                   severity="warning" if ctx.cross else "error"))
     ne, na = len(expected["recurrent"]), len(actual["recurrent"])
     if ne != na:
         out.append(ctx.finding("model", "recurrent.count", f"recurrent directions {ne} → {na}", ne, na))
@@ -921,12 +955,37 @@ def diff_data(path_a: str | os.PathLike, path_b: str | os.PathLike) -> dict:
         changes = []
         for pa, pb in pairs:
             x, y = da[pa], db[pb]
-            blocks = {}
-            for block in x.blocks:
-                blocks[block.name] = _streamed_change(block, y.block(block.name))
+            blocks = _block_changes(x, y)
             changes.append({"path": pa, "path_b": pb, "kind": x.kind.value, "gates": list(x.gates),
                             "blocks": blocks, "gate_change": _gate_change(list(x.gates), blocks)})
     return {"a": sa, "b": sb, "changes": changes}
+
+
+def _block_changes(x: Direction, y: Direction) -> dict[str, dict]:
+    """The change of every block of x against the same block of y. When only one side keeps a second
+    bias (Keras against ONNX or PyTorch), the bias compared is b + bU, the one the cell adds."""
+    second = _has_second_bias({b.name: b for b in x.blocks}) != _has_second_bias({b.name: b for b in y.blocks})
+    out = {}
+    for block in x.blocks:
+        if second and block.name.startswith("bU"):
+            continue
+        try:
+            if second and (block.name == "b" or block.name.startswith("b_")):
+                out[block.name] = dict(block_change(_bias_sum(x, block.name), _bias_sum(y, block.name)),
+                                       note="b + bU (one side keeps a second bias)")
+            else:
+                out[block.name] = _streamed_change(block, y.block(block.name))
+        except UnsupportedDialectError as err:  # the file does not hold the values (ONNX graph inputs)
+            out[block.name] = {"relative": None, "norm_a": None, "norm_diff": None, "note": err.message}
+    return out
+
+
+def _bias_sum(d: Direction, name: str) -> np.ndarray:
+    total = _as_float64(d.block(name).read(), d.block(name).source.dtype)
+    second = "bU" + name[1:]
+    if d.has_block(second):
+        total = total + _as_float64(d.block(second).read(), d.block(second).source.dtype)
+    return total
 
 
 def _gate_change(gates: list[str], blocks: Mapping[str, dict]) -> dict:

@@ -151,6 +151,8 @@ def _rel(entry: dict | None) -> str:
         return f"{rel:.3g}"
     if entry.get("norm_a") == 0.0:
         return f"inf (‖A‖=0, ‖B−A‖={entry['norm_diff']:.3g})"
+    if "not in the file" in str(entry.get("note")):
+        return "n/a (no values in the file)"
     return "n/a (non-finite)"
 
 
