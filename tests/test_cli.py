@@ -157,15 +157,25 @@ def test_names_from_files_are_escaped(tmp_path):
     assert "[bold]red[/bold]" in result.stdout.replace("\n", "") or "\\x1b" in result.stdout
 
 
+TFLITE_SAMPLE = ROOT.parent / "shared" / "corpus" / "tflite-micro__trained_lstm_int8.tflite"
+
+
 @pytest.mark.parametrize("command", [
     ["summary", "{sample}"],
     ["summary", "--format", "json", "{sample}"],
     ["split-gates", "{sample}", "-o", "{tmp}/out.npz"],
     ["explain", "{sample}"],
+    ["summary", "{tflite}"],  # TFLite: no framework, and no other format's library (h5py) either
+    ["summary", "--format", "json", "{tflite}"],
+    ["split-gates", "{tflite}", "-o", "{tmp}/out.npz"],
+    ["explain", "{tflite}"],
+    ["snapshot", "{tflite}", "-o", "{tmp}/lock.json"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
     """Run the real console command in a fresh interpreter and list what it imported."""
-    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path) for a in command]
+    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path, tflite=TFLITE_SAMPLE) for a in command]
+    banned = ("tensorflow", "keras", "tf_keras", "torch", "jax", "onnx", "onnxruntime", "flatbuffers", "safetensors",
+              "matplotlib") + (("h5py",) if "{tflite}" in command else ())
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['lstm-inspect'] + {args!r}\n"
@@ -173,9 +183,7 @@ def test_reading_path_never_imports_frameworks(tmp_path, command):
         "    runpy.run_module('lstm_inspect', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'torch', 'jax',\n"
-        "                                                          'onnx', 'onnxruntime', 'flatbuffers', 'safetensors',\n"
-        "                                                          'matplotlib'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {banned!r})\n"
         "print('IMPORTED:' + ','.join(bad), file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)

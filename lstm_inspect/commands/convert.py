@@ -86,6 +86,9 @@ def _check_common(m: Mapping[str, Any], target: str) -> None:
                          f"(select other layers with --layer)")
     if first["class"] == "PeepholeLSTMCell":
         raise UsageError(f"{where}: PeepholeLSTMCell has peephole weights; not converted")
+    refused = next((d["refuse"] for d in dirs if d.get("refuse")), None)  # what the reader knows cannot convert
+    if refused:
+        raise UsageError(f"{where}: {refused}")
     if m["bidirectional"]:
         fwd, bwd = dirs
         for key in ("kind", "units", "input_dim", "use_bias", "reset_after", "activation",
@@ -169,6 +172,15 @@ def _side_note(m: Mapping[str, Any]) -> list[str]:
             f"reverses the backward side's output sequence back before merging"]
 
 
+def _clip_notes(m: Mapping[str, Any], target: str) -> list[str]:
+    """A cell_clip of the source (TFLite: 10 on every converted Keras LSTM) that the target cannot apply."""
+    clip = m["directions"][0].get("cell_clip")
+    if not clip:
+        return []
+    return [f"the source clips the cell state to ±{clip:g} (cell_clip); {target} does not: the outputs agree "
+            f"while |c| stays within {clip:g}"]
+
+
 def _keras_facts(m: Mapping[str, Any]) -> dict[str, Any]:
     f = m["directions"][0]
     facts = {"paths": [d["path"] for d in m["directions"]], "class": f["class"], "kind": f["kind"],
@@ -220,6 +232,7 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
         if f.get("stateful"):
             notes.append("stateful in Keras: carry (h, c) between calls yourself")
         notes.extend(_side_note(m))
+        notes.extend(_clip_notes(m, "torch.nn.LSTM"))
         if dtype == np.float32 and f["dtype"] not in ("float32",):
             notes.append(f"weights stored as {f['dtype']} in the file, written as float32")
         described[prefix] = {
@@ -337,6 +350,7 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
     if reverse:
         notes.append("go_backwards=True: the graph reverses X in time; Y is in Keras's (processing) order")
     notes.extend(_side_note(m))
+    notes.extend(_clip_notes(m, "the ONNX LSTM (its clip attribute bounds the gates, not the cell)"))
     if "HardSigmoid" in acts:
         notes.append(f"hard_sigmoid as {ref.HARD_SIGMOID[flavor]}: HardSigmoid(alpha="
                      f"{0.2 if flavor == 'keras2' else 1 / 6:.6g}, beta=0.5)")

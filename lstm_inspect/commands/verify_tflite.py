@@ -100,6 +100,10 @@ def _facts(d, facts: Mapping[str, Any], side: str | None, probe, why: str | None
 def _refusal(d) -> str | None:
     """What convert cannot express (the collect data is shared with convert)."""
     names = {b.name for b in d.blocks}
+    if any(n.startswith("p_") for n in names):
+        return "LSTM with peepholes: convert writes torch.nn.LSTM and plain ONNX LSTM weights, which have none"
+    if "P" in names:
+        return "LSTM with a projection: not converted (torch.nn.LSTM's proj_size has no bias and no proj_clip)"
     if any(n.startswith("ln_") for n in names):
         return "layer-normalised LSTM: no torch.nn or ONNX operator computes layer normalisation of the gates"
     if d.kind.value == "LSTM" and "W_i" not in names:
