@@ -359,6 +359,7 @@ def _run(interpreter, steps: int, batch: int, seed: int) -> list[dict[str, Any]]
             wanted = [batch if k == 0 and v < 0 else steps if v < 0 else v for k, v in enumerate(signature)]
             interpreter.resize_tensor_input(d["index"], wanted)
     interpreter.allocate_tensors()
+    interpreter.reset_all_variables()  # the recurrent states start at zero (allocation does not promise it)
     used = []
     for d in interpreter.get_input_details():
         shape = tuple(int(v) for v in d["shape"])

@@ -1,5 +1,5 @@
 """The TFLite `verify` report as a table: one row per direction, the interpreter against NumPy, in absolute
-terms and in quantization steps, and the verdict."""
+terms and in quantization steps, and the verdict; below it, per direction, what was compared."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -14,7 +14,7 @@ def render_table(report: Mapping[str, Any], console) -> None:
     console.print(f"{report['file']} · {report['format']} · written by {report['producer']}",
                   markup=False, highlight=False)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col, justify in (("direction", "left"), ("kind", "left"), ("operator", "left"), ("compared", "left"),
+    for col, justify in (("direction", "left"), ("kind", "left"), ("operator", "left"),
                          ("max |file − numpy|", "right"), ("steps", "right"), ("tolerance", "right"),
                          ("result", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -22,7 +22,7 @@ def render_table(report: Mapping[str, Any], console) -> None:
         operator = f"{r['operator']} (op {r['op_index']})" + ("" if r["fused"] else ", not fused")
         steps = "-" if r.get("steps_off") is None else f"{r['steps_off']:.1f}"
         tolerance = "-" if r.get("tolerance") is None else f"{r['tolerance']:.3g}"
-        table.add_row(r["path"], r["kind"], operator, r.get("compared") or "-", fmt_diff(r["max_abs_file_numpy"]),
+        table.add_row(r["path"], r["kind"], operator, fmt_diff(r["max_abs_file_numpy"]),
                       steps, tolerance, r["status"].upper() if r["status"] != "pass" else "pass")
     console.print(table)
     inputs = ", ".join(f"{i['name']} {tuple(i['shape'])} {i['dtype']}" for i in report.get("inputs", [])) or "-"
@@ -38,5 +38,6 @@ def render_table(report: Mapping[str, Any], console) -> None:
     for line in lines:
         console.print(line, markup=False, highlight=False)
     for r in report["directions"]:
-        for line in ([r["reason"]] if r.get("reason") else []) + list(r.get("notes") or []):
+        compared = [f"compared {r['compared']}"] if r.get("compared") else []
+        for line in compared + ([r["reason"]] if r.get("reason") else []) + list(r.get("notes") or []):
             console.print(f"  {r['path']}: {line}", markup=False, highlight=False)

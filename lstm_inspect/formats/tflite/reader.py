@@ -328,7 +328,12 @@ class _Builder:
             return Kind.SHAPE
         if tensor.is_variable or any(op.name == "WHILE" for op, _ in readers):
             return Kind.STATE
+        if readers and all(op.name == "FILL" and pos == 1 and self.feeds_loop(graph, op) for op, pos in readers):
+            return Kind.STATE  # the value a FILL spreads into a loop's initial state (shapes known at run time)
         return Kind.UNKNOWN
+
+    def feeds_loop(self, graph: SubGraph, op: Operator) -> bool:
+        return any(c.name == "WHILE" for t in op.outputs if t >= 0 for c in self.consumers[graph.index].get(t, ()))
 
     def readers(self, graph: SubGraph, t: int) -> list[tuple[Operator, int]]:
         """(operator, input position) of every reader of t, also through a DEQUANTIZE of it."""
