@@ -305,3 +305,47 @@ def test_corpus_int8_model():
     assert all(v["zero_point"] == [0] and len(v["scale"]) == 1 for v in d["quantization"].values())
     assert any("int16 cell state (scale 2^-12), 5 intermediate tensors" in n for n in d["notes"])
     assert summary["tflite"]["parameters"]["keras"] == 4 * (20 * 48 + 20) + 28 * 20 * 10 + 10
+
+
+def test_unrecognised_loop_is_reported_not_dropped(spg, tmp_path):
+    """A WHILE loop whose body holds no known cell: a layer with the loop's sizes and a note, no direction."""
+    from .synthetic import ModelWriter
+    rng = np.random.default_rng(3)
+    w = ModelWriter(spg)
+    main, cond, body = w.subgraph(), w.subgraph("loop/while_cond"), w.subgraph("model/odd/while_body")
+    seq, h0 = main.tensor("seq", (1, 3)), main.tensor("h0", (1, 5))
+    outs = [main.tensor("o0", (1, 3)), main.tensor("o1", (1, 5))]
+    options = spg.WhileOptionsT()
+    options.condSubgraphIndex, options.bodySubgraphIndex = 1, 2
+    main.op("WHILE", [seq, h0], outs, options)
+    main.io([seq, h0], outs[1:])
+    cond.io([cond.tensor("cx", (1, 3)), cond.tensor("ch", (1, 5))], [cond.tensor("done", (), "int32")])
+    x, h = body.tensor("x", (1, 3)), body.tensor("h", (1, 5))
+    a, b, s, h2 = (body.tensor(n, (1, 10)) for n in ("a", "b", "s", "h2"))
+    body.op("FULLY_CONNECTED", [x, body.const("k", rng.standard_normal((10, 3))), -1], [a])
+    body.op("FULLY_CONNECTED", [h, body.const("r", rng.standard_normal((10, 5))), -1], [b])
+    body.op("ADD", [a, b], [s])
+    body.op("TANH", [s], [h2])
+    body.io([x, h], [x, h2])
+    path = tmp_path / "odd.tflite"
+    path.write_bytes(w.bytes())
+    summary = api.summary(path)
+    assert summary["recurrent"] == []
+    (layer,) = summary["layers"]
+    assert (layer["name"], layer["class"], layer["params"]) == ("odd", "WHILE", 80)
+    (fact,) = summary["tflite"]["recurrent_layers"]
+    assert (fact["form"], fact["kind"], fact["fused"], fact["body"]["operators"]) == ("while-loop", "unknown", False, 4)
+    (note,) = summary["notes"]
+    assert note.startswith("odd: WHILE loop (operator 0, body subgraph 2 with 4 operators, 2 constants) whose cell "
+                           "was not recognised: gate rows [10] for 5 units")
+    # its two FULLY_CONNECTED weights (10·3 + 10·5) count as parameters, as any FC weight does
+    assert summary["tflite"]["parameters"]["keras"] == 80
+
+
+def test_other_constants_grouped_by_operator(tflite_zoo):
+    """tf_keras LSTM: the fused operator keeps no name; the STRIDED_SLICE after it reads three int32 constants."""
+    summary = api.summary(converted(tflite_zoo, "tf_keras-lstm-float32")["_path"])
+    assert [(layer["name"], layer["class"], layer["params"]) for layer in summary["layers"]] == [
+        ("op0", "UNIDIRECTIONAL_SEQUENCE_LSTM", 4 * (40 * 88 + 40)), ("op1", "STRIDED_SLICE", 9)]
+    by_kind = summary["tflite"]["stored_constants"]["by_kind"]
+    assert by_kind["shape"]["values"] == 9 and summary["non_trainable_params"] == 9
