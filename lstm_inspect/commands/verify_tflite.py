@@ -22,10 +22,9 @@ The report gives every difference in steps too.
 """
 from __future__ import annotations
 
-import math
 import os
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -498,14 +497,3 @@ def _steps(f, probe, interpreter):
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300]
-
-
-def input_shapes(report: Mapping[str, Any]) -> list[list[int]]:
-    return [i["shape"] for i in report.get("inputs", [])]
-
-
-def steps_text(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
-
-
-__all__: Sequence[str] = ("collect_model", "check", "require_tensorflow", "is_tflite")

@@ -34,12 +34,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from lstm_inspect.errors import CorruptModelError
-from lstm_inspect.model import Framework, Layer, Quantization, Weight, dtype_itemsize
+from lstm_inspect.model import Framework, Layer, Quantization, Weight
 from lstm_inspect.safety.limits import Limits
 
 from .recurrent import (Cell, ConstantRef, FusedOp, RecurrentReport, UnrolledLayer, WhileLoop, find_recurrent,
                         scope_of)
-from .schema import Operator, Options, SubGraph, Tensor, TfliteModel, read_tflite
+from .schema import Operator, SubGraph, Tensor, TfliteModel, read_tflite
 
 FORMAT = "tflite"
 # Operator inputs that hold a layer's parameters (Keras Dense, Conv, Embedding...): operator -> positions.
