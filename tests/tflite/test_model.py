@@ -349,3 +349,23 @@ def test_other_constants_grouped_by_operator(tflite_zoo):
         ("op0", "UNIDIRECTIONAL_SEQUENCE_LSTM", 4 * (40 * 88 + 40)), ("op1", "STRIDED_SLICE", 9)]
     by_kind = summary["tflite"]["stored_constants"]["by_kind"]
     assert by_kind["shape"]["values"] == 9 and summary["non_trainable_params"] == 9
+
+
+def test_a_bias_shared_by_two_layers_is_not_a_parameter(spg, tmp_path):
+    """Two Dense layers without a bias of their own, converted with one zero bias tensor for both: the
+    converter's, not a layer's. The weights count; the shared bias is stored once and counted apart."""
+    from .synthetic import ModelWriter
+    w = ModelWriter(spg)
+    g = w.subgraph()
+    x, y1, y2 = g.tensor("x", (1, 3)), g.tensor("y1", (1, 4)), g.tensor("y2", (1, 4))
+    zero = g.const("zeros", np.zeros(4))
+    g.op("FULLY_CONNECTED", [x, g.const("m/dense_a/MatMul", np.ones((4, 3))), zero], [y1])
+    g.op("FULLY_CONNECTED", [x, g.const("m/dense_b/MatMul", np.ones((4, 3))), zero], [y2])
+    g.io([x], [y1, y2])
+    path = tmp_path / "shared.tflite"
+    path.write_bytes(w.bytes())
+    summary = api.summary(path)
+    assert summary["tflite"]["parameters"] == {"keras": 24, "recurrent": 0, "other_layers": 24, "unknown": 0}
+    assert summary["tflite"]["stored_constants"]["by_kind"]["shared-bias"]["values"] == 4
+    assert (summary["total_params"], summary["trainable_params"]) == (28, 24)
+    assert [layer["name"] for layer in summary["layers"]] == ["op0", "dense_a", "dense_b"]
