@@ -249,7 +249,8 @@ def verify(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random input.", min=0)] = 0,
     tolerance: Annotated[Optional[float], typer.Option(
         "--tolerance", min=0.0, help="Largest allowed absolute difference (default 1e-5; 1e-4 for ONNX models, "
-                                     "which onnxruntime computes in float32).")] = None,
+                                     "which onnxruntime computes in float32; for a quantized .tflite model, a "
+                                     "number of its quantization steps).")] = None,
     fmt: Annotated[VerifyFormat, typer.Option("--format", "-f", help="table (default) or json.",
                                               case_sensitive=False)] = VerifyFormat.TABLE,
     forget_bias: ForgetBiasOpt = None,
@@ -257,8 +258,9 @@ def verify(
     """Run each recurrent direction in Keras and in a NumPy cell built from the split blocks; compare.
 
     Needs TensorFlow (pip install 'lstm-inspect[tf]'); an ONNX model runs in onnxruntime instead
-    (pip install 'lstm-inspect[onnx]'). Exit 0 when every direction is within the tolerance, 1 when
-    one is not, 2 on bad input.
+    (pip install 'lstm-inspect[onnx]'); a .tflite model in TensorFlow's own tf.lite.Interpreter (each
+    recurrent operator's real input and output against the NumPy cell). Exit 0 when every direction is
+    within the tolerance, 1 when one is not, 2 on bad input.
     """
     from lstm_inspect.commands import verify as verify_mod
 
@@ -277,13 +279,14 @@ def verify(
     rows = report["directions"]
     failed = [r for r in rows if r["status"] == "fail"]
     errors = [r for r in rows if r["status"] == "error"]
+    limit = f"{tolerance:g}" if tolerance is not None else "the tolerance of each"
     if failed:
-        say(f"verify FAILED for {', '.join(r['path'] for r in failed)} (tolerance {tolerance:g})")
+        say(f"verify FAILED for {', '.join(r['path'] for r in failed)} (tolerance {limit})")
         raise typer.Exit(1)
     if errors:
         say(f"verify could not check {', '.join(r['path'] for r in errors)}: {errors[0]['reason']}")
         raise typer.Exit(2)
-    say(f"verify: {len(rows)} recurrent direction(s) within {tolerance:g}")
+    say(f"verify: {len(rows)} recurrent direction(s) within {limit}")
 
 
 @app.command()

@@ -157,6 +157,9 @@ class Model:
     notes: tuple[str, ...] = ()
     producer: str | None = None  # the writing program and version where the file states it (not Keras)
     optimizer_params: int = 0  # elements of optimizer state stored beside the model (not parameters)
+    # What only this file format states, as JSON-ready data the summary reports under the framework's
+    # name (TFLite: operators by kind, fused or not, stored constants by dtype, parameter counts).
+    format_facts: Mapping[str, Any] | None = field(default=None, compare=False)
     _close: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     def all_weights(self) -> Iterator[Weight]:

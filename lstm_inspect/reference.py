@@ -19,6 +19,7 @@ in float64, so that `verify` can compare it with Keras itself and the split is p
     ONNX extras: gate_clip clips every gate's pre-activation (LSTM i f c o, GRU z r h, RNN) to
                [-gate_clip, gate_clip]; LSTM input_forget couples f = 1 - i; a GRU with
                reset_after=False adds a second bias bU_h outside the reset (ONNX Rbh; Keras has none).
+    TFLite extras: CIFG (no W_i: i = 1 - f) and layer norm (ln_<g>: LN(x W + h U) ln + b).
 
 σ is the recurrent activation. `hard_sigmoid` has two definitions: Keras 1/2 and tf.keras
 `clip(0.2 x + 0.5, 0, 1)`, Keras 3 `relu6(x + 3) / 6`; callers choose by the producing version.
@@ -225,26 +226,43 @@ def gate_activations(spec: Mapping[str, Any], blocks: Mapping[str, np.ndarray], 
 def _lstm(blocks, units, act, rec, spec: Mapping[str, Any], record=None):
     """The LSTM of Keras, and with the extras other frameworks store or apply: peepholes p_i, p_f,
     p_o (on c_{t-1} for i and f, on c_t for o), a run-time forget_bias added to f, cell_clip on c,
-    a projection h = (o ⊙ act(c)) P (+ bP), clipped by proj_clip."""
-    W = [_need(blocks, "W", g) for g in "ifco"]
-    U = [_need(blocks, "U", g) for g in "ifco"]
-    b = [_bias(blocks, "b", g, units) + _bias(blocks, "bU", g, units) for g in "ifco"]
-    b[1] = b[1] + float(spec.get("forget_bias") or 0.0)
+    a projection h = (o ⊙ act(c)) P (+ bP) clipped by proj_clip; ONNX's gate_clip and input_forget
+    (f = 1 - i); TFLite's CIFG (no input-gate blocks: i = 1 - f) and layer normalisation (ln_<g>: a
+    gate's pre-activation x W + h U [+ peephole] is normalised over the units, (v - mean) /
+    sqrt(var + 1e-8), scaled by ln_<g>, and only then is its bias added: lstm_eval.cc)."""
+    cifg = gate(blocks, "W", "i") is None
+    gates = "fco" if cifg else "ifco"
+    W = {g: _need(blocks, "W", g) for g in gates}
+    U = {g: _need(blocks, "U", g) for g in gates}
+    b = {g: _bias(blocks, "b", g, units) + _bias(blocks, "bU", g, units) for g in gates}
+    b["f"] = b["f"] + float(spec.get("forget_bias") or 0.0)
+    ln = {g: gate(blocks, "ln", g) for g in gates}
     peep = {g: _bias(blocks, "p", g, units) for g in "ifo"}
     projection, projection_bias = gate(blocks, "P", ""), gate(blocks, "bP", "")
     cell_clip, proj_clip = spec.get("cell_clip") or 0.0, spec.get("proj_clip") or 0.0
     clip, coupled = _clipper(spec), bool(spec.get("input_forget"))
 
+    def pre(g, x, h, extra=0.0):
+        if ln[g] is None:
+            return clip(x @ W[g] + h @ U[g] + b[g] + extra)
+        v = x @ W[g] + h @ U[g] + extra
+        mean = v.mean(axis=-1, keepdims=True)
+        var = np.square(v - mean).mean(axis=-1, keepdims=True)
+        return clip((v - mean) / np.sqrt(var + 1e-8) * ln[g] + b[g])
+
     def step(x, states):
         h, c = states
-        z = [x @ W[k] + h @ U[k] + b[k] for k in range(4)]
-        i = rec(clip(z[0] + peep["i"] * c))
-        f = 1.0 - i if coupled else rec(clip(z[1] + peep["f"] * c))
-        candidate = act(clip(z[2]))
+        if cifg:
+            f = rec(pre("f", x, h, peep["f"] * c))
+            i = 1.0 - f
+        else:
+            i = rec(pre("i", x, h, peep["i"] * c))
+            f = 1.0 - i if coupled else rec(pre("f", x, h, peep["f"] * c))
+        candidate = act(pre("c", x, h))
         c = f * c + i * candidate
         if cell_clip > 0:
             c = np.clip(c, -cell_clip, cell_clip)
-        o = rec(clip(z[3] + peep["o"] * c))
+        o = rec(pre("o", x, h, peep["o"] * c))
         if record is not None:
             record({"i": i, "f": f, "c": candidate, "o": o})
         h = o * act(c)

@@ -158,6 +158,7 @@ def test_names_from_files_are_escaped(tmp_path):
 
 
 ONNX_SAMPLE = CORPUS / "silero-vad__silero_vad_16k_op15.onnx"  # LSTMs in If branches, weights folded
+TFLITE_SAMPLE = CORPUS / "tflite-micro__trained_lstm_int8.tflite"
 
 
 @pytest.mark.parametrize("command", [
@@ -175,13 +176,22 @@ ONNX_SAMPLE = CORPUS / "silero-vad__silero_vad_16k_op15.onnx"  # LSTMs in If bra
     ["stats", "{sample}"],
     ["stats", "--format", "json", "{sample}"],
     ["diff", "--stats", "{sample}", "{sample}"],
+    ["summary", "{tflite}"],
+    ["summary", "--format", "json", "{tflite}"],
+    ["split-gates", "{tflite}", "-o", "{tmp}/out.npz"],
+    ["explain", "{tflite}"],
+    ["snapshot", "{tflite}", "-o", "{tmp}/lock.json"],
 ])
 def test_reading_path_never_imports_frameworks(tmp_path, command):
-    """Run the real console command in a fresh interpreter and list what it imported."""
+    """Run the real console command in a fresh interpreter and list what it imported: no ML framework,
+    and for a non-HDF5 file not even h5py (each format's library only for that format)."""
     ckpt = ROOT.parent / "shared" / "corpus" / "char-rnn-tensorflow-laurajul__model.ckpt-248399"
     if "{ckpt}" in command and not Path(f"{ckpt}.index").exists():
         pytest.skip("the corpus TF checkpoint is not present")
-    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path, onnx=ONNX_SAMPLE, ckpt=ckpt) for a in command]
+    args = [a.format(sample=SAMPLE_H5, tmp=tmp_path, onnx=ONNX_SAMPLE, ckpt=ckpt, tflite=TFLITE_SAMPLE)
+            for a in command]
+    banned = ("tensorflow", "keras", "tf_keras", "torch", "jax", "onnx", "onnxruntime", "flatbuffers", "safetensors",
+              "matplotlib") + (() if "{sample}" in command else ("h5py",))
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['lstm-inspect'] + {args!r}\n"
@@ -189,9 +199,7 @@ def test_reading_path_never_imports_frameworks(tmp_path, command):
         "    runpy.run_module('lstm_inspect', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'torch', 'jax',\n"
-        "                                                          'onnx', 'onnxruntime', 'flatbuffers', 'safetensors',\n"
-        "                                                          'matplotlib'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {banned!r})\n"
         "print('IMPORTED:' + ','.join(bad), file=sys.stderr)\n"
     )
     # Read in-process: a guarded child's imports would not show in this interpreter's sys.modules.

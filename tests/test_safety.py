@@ -115,7 +115,6 @@ def test_sniff_refuses_missing_empty_and_large(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("data, name, hint", [
     (b"\x80\x04\x95\x10\x00\x00\x00\x00", "model.pkl", "pickle"),
-    (b"\x1c\x00\x00\x00TFL3\x00\x00", "model.tflite", "TensorFlow Lite"),
     (b"\x08\x07\x12\x07pytorch", "model.onnx", "ONNX"),
     (b"\x08\x01\x12\x9c\x01\n", "saved_model.pb", "SavedModel"),
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n", "m.h5", "Git LFS pointer"),

@@ -30,6 +30,9 @@ def _builder(framework: Framework) -> Callable[[Model], list[Direction]]:
     if framework is Framework.TENSORFLOW:
         from lstm_inspect.cells.tf import tf_directions
         return tf_directions
+    if framework is Framework.TFLITE:
+        from lstm_inspect.cells.tflite import tflite_directions
+        return tflite_directions
     raise NotImplementedError(f"no cell builder for {framework.value} models")
 
 

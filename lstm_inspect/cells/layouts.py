@@ -351,6 +351,70 @@ def _tf1_rnn() -> GateLayout:
         description="TF1 BasicRNNCell: kernel (input + units, units), rows [x; h]")
 
 
+def _tflite_lstm() -> GateLayout:
+    """TFLite's LSTM operators (UNIDIRECTIONAL_SEQUENCE_LSTM, BIDIRECTIONAL_SEQUENCE_LSTM per side, the
+    one-step LSTM with the full kernel): one tensor per gate and kind, named by the operator's input roles."""
+    t = Transform.TRANSPOSE
+    names = {"i": "input", "f": "forget", "c": "cell", "o": "output"}
+    parts = tuple(Part(f"input_to_{names[g]}_weights", ("W",), (g,), Axis.ROWS, transform=t, optional=g == "i")
+                  for g in "ifco")
+    parts += tuple(Part(f"recurrent_to_{names[g]}_weights", ("U",), (g,), Axis.ROWS, transform=t,
+                        optional=g == "i") for g in "ifco")
+    parts += tuple(Part(f"{names[g]}_gate_bias", ("b",), (g,), Axis.ROWS, optional=True) for g in "ifco")
+    parts += tuple(Part(f"cell_to_{names[g]}_weights", ("p",), (g,), Axis.ROWS, optional=True) for g in "ifo")
+    parts += tuple(Part(f"{names[g]}_layer_norm_coefficients", ("ln",), (g,), Axis.ROWS, optional=True)
+                   for g in "ifco")
+    parts += (Part("projection_weights", ("P",), ("",), transform=t, optional=True, whole=True),
+              Part("projection_bias", ("bP",), ("",), optional=True, whole=True))
+    return GateLayout("tflite-lstm", CellKind.LSTM, parts,
+                      description="TFLite LSTM operator: one tensor per gate, input_to_<gate>_weights (units, "
+                                  "input) and recurrent_to_<gate>_weights (units, output) (W x), <gate>_gate_bias "
+                                  "(units,); optional peepholes cell_to_<gate>_weights, layer-norm coefficients, "
+                                  "projection_weights (output, units) and projection_bias; no input gate with "
+                                  "CIFG")
+
+
+def _tflite_fc(kind: CellKind, name: str, recurrent: tuple[tuple[str, tuple[str, ...]], ...],
+               two_biases: bool = False) -> GateLayout:
+    """A cell TFLite computes with FULLY_CONNECTED ops (WHILE loop bodies, unrolled graphs): the FC weights
+    are the Keras kernels transposed, gates stacked on the rows in Keras order."""
+    t, g = Transform.TRANSPOSE, _gates(kind)
+    parts = (Part("kernel", ("W",), g, Axis.ROWS, transform=t),)
+    parts += tuple(Part(tensor, ("U",), gates, Axis.ROWS, transform=t) for tensor, gates in recurrent)
+    parts += (Part("bias", ("b",), g, Axis.ROWS, optional=True),)
+    if two_biases:
+        parts += (Part("recurrent_bias", ("bU",), g, Axis.ROWS, optional=True),)
+    split = " split in two FC weights, (2·units, units) for z, r and (units, units) for h" if len(recurrent) > 1 \
+        else ""
+    return GateLayout(name, kind, parts,
+                      description="TFLite FULLY_CONNECTED cell (WHILE loop body or unrolled graph): kernel "
+                                  "(n·units, input) = Keras kernel.T and recurrent kernel (n·units, units) = "
+                                  f"Keras recurrent_kernel.T{split}, gates in Keras order on the rows; bias "
+                                  "(n·units,)" + (" and the recurrent bias (n·units,)" if two_biases else ""))
+
+
+def _tflite_tables() -> dict[str, GateLayout]:
+    t = Transform.TRANSPOSE
+    rnn = GateLayout("tflite-rnn", CellKind.SIMPLE_RNN, (
+        Part("weights", ("W",), ("",), Axis.ROWS, transform=t),
+        Part("recurrent_weights", ("U",), ("",), Axis.ROWS, transform=t),
+        Part("bias", ("b",), ("",), Axis.ROWS, optional=True)),
+        description="TFLite RNN operator (UNIDIRECTIONAL_SEQUENCE_RNN, BIDIRECTIONAL_SEQUENCE_RNN per side, "
+                    "RNN): weights (units, input), recurrent_weights (units, units) (W x), bias (units,)")
+    basic = GateLayout("tflite-lstm-basic", CellKind.LSTM, (
+        Part("weights", ("W", "U"), ("i", "c", "f", "o"), Axis.ROWS, Stack.ROWS, transform=t),
+        Part("biases", ("b",), ("i", "c", "f", "o"), Axis.ROWS, optional=True)),
+        description="TFLite LSTM operator with kernel_type BASIC: one weight (4·units, input + units) over "
+                    "concat(input, previous output), gates stored i, c, f, o; biases (4·units,)")
+    lstm, gru, srnn = CellKind.LSTM, CellKind.GRU, CellKind.SIMPLE_RNN
+    tables = (_tflite_lstm(), rnn, basic,
+              _tflite_fc(lstm, "tflite-fc-lstm", (("recurrent_kernel", GATES[lstm]),)),
+              _tflite_fc(gru, "tflite-fc-gru-reset-after", (("recurrent_kernel", GATES[gru]),), two_biases=True),
+              _tflite_fc(gru, "tflite-fc-gru", (("recurrent_kernel_zr", ("z", "r")), ("recurrent_kernel_h", ("h",)))),
+              _tflite_fc(srnn, "tflite-fc-simplernn", (("recurrent_kernel", ("",)),)))
+    return {layout.name: layout for layout in tables}
+
+
 KERAS = {CellKind.LSTM: _keras(CellKind.LSTM, "keras-lstm"),
          CellKind.GRU: _keras(CellKind.GRU, "keras-gru"),
          CellKind.SIMPLE_RNN: _keras(CellKind.SIMPLE_RNN, "keras-simplernn"),
@@ -377,3 +441,5 @@ LAYOUTS: dict[str, GateLayout] = {
     for layout in table.values()
 }
 LAYOUTS[KERAS_GRU_RESET_AFTER.name] = KERAS_GRU_RESET_AFTER
+TFLITE = _tflite_tables()  # by layout name (cells/tflite.py picks them)
+LAYOUTS.update(TFLITE)

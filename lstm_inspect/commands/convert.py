@@ -96,9 +96,8 @@ def _check_common(m: Mapping[str, Any], target: str) -> None:
     if first.get("projection_size") and target == "onnx":
         raise UsageError(f"{where}: {first['class']} has a projection (num_proj {first['projection_size']}), which "
                          f"the ONNX LSTM operator does not compute (--to pytorch keeps it: proj_size)")
-    if first.get("proj_clip") or first.get("cell_clip"):
-        # ONNX's `clip` bounds every gate's input, not the cell state: no target computes this clipping
-        raise UsageError(f"{where}: {first['class']} clips its cell state or projection; "
+    if first.get("proj_clip"):
+        raise UsageError(f"{where}: {first['class']} clips its projection (proj_clip); "
                          f"{'torch.nn.LSTM' if target == 'pytorch' else 'the ONNX LSTM operator'} does not")
     if m["bidirectional"]:
         fwd, bwd = dirs
@@ -206,6 +205,15 @@ def _side_note(m: Mapping[str, Any]) -> list[str]:
             f"reverses the backward side's output sequence back before merging"]
 
 
+def _clip_notes(m: Mapping[str, Any], target: str) -> list[str]:
+    """A cell_clip of the source (TFLite: 10 on every converted Keras LSTM) that the target cannot apply."""
+    clip = m["directions"][0].get("cell_clip")
+    if not clip:
+        return []
+    return [f"the source clips the cell state to ±{clip:g} (cell_clip); {target} does not: the outputs agree "
+            f"while |c| stays within {clip:g}"]
+
+
 def _keras_facts(m: Mapping[str, Any]) -> dict[str, Any]:
     f = m["directions"][0]
     facts = {"paths": [d["path"] for d in m["directions"]], "class": f["class"], "kind": f["kind"],
@@ -264,6 +272,7 @@ def plan_pytorch(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[s
             notes.append(f"projection: weight_hr_l0 is the TF projection P transposed; h and the output have "
                          f"proj_size = {f['projection_size']} features")
         notes.extend(_side_note(m))
+        notes.extend(_clip_notes(m, "torch.nn.LSTM"))
         if dtype == np.float32 and f["dtype"] not in ("float32",):
             notes.append(f"weights stored as {f['dtype']} in the file, written as float32")
         described[prefix] = {
@@ -390,6 +399,7 @@ def build_onnx(m: Mapping[str, Any], data: Mapping[str, Any]):
         notes.extend(_forget_bias_note(side))
     if "P" in sides[0]:
         notes.append("peepholes p_i, p_o, p_f are the ONNX LSTM input P (order i, o, f)")
+    notes.extend(_clip_notes(m, "the ONNX LSTM (its clip attribute bounds the gates, not the cell)"))
     if "HardSigmoid" in acts:
         notes.append(f"hard_sigmoid as {ref.HARD_SIGMOID[flavor]}: HardSigmoid(alpha="
                      f"{0.2 if flavor == 'keras2' else 1 / 6:.6g}, beta=0.5)")

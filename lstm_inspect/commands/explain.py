@@ -39,6 +39,9 @@ def explain(d: Direction) -> Explanation:
                   + (f", num_proj {d.projection_size}" if d.projection_size else ""),
             equations=tuple(explain_tf.equations(d)), shapes=tuple(f"{b.name}: {_dims(b.shape)}" for b in d.blocks),
             params=tuple(explain_tf.param_lines(d)), meaning=tuple(explain_tf.meaning(d)))
+    if d.source_layout.startswith("tflite-"):  # TFLite's own equations (cell_clip, layer norm, loops...)
+        from lstm_inspect.commands.explain_tflite import explain_tflite
+        return explain_tflite(d)
     return Explanation(
         title=f"{d.path} — {d.kind.value} ({d.class_name}): input_dim {d.input_dim}, units {d.units}",
         equations=tuple(_equations(d)),

@@ -561,6 +561,9 @@ class CheckReport:
 class Comparison:
     checks: tuple[CheckResult, ...]
     pairs: tuple[tuple[str, str], ...] = ()  # (path in A, path in B) of directions with equal blocks
+    # across frameworks: (the path a direction of B was compared under, its own path in B), for recurrent
+    # layers paired by position because no name matched (see align_recurrent_layers)
+    aligned: tuple[tuple[str, str], ...] = ()
 
     @property
     def findings(self) -> tuple[Finding, ...]:
@@ -639,6 +642,10 @@ def compare(expected: Mapping, actual: Mapping, *, semantic: bool = False, weigh
     weight-name spelling; `weights=True` also compares the per-tensor checksums."""
     ctx = _Ctx(semantic, weights, group="structure" if semantic else "against",
                cross=semantic and _framework(expected) != _framework(actual))
+    aligned: dict[str, str] = {}
+    alignment_notes: list[Finding] = []
+    if ctx.cross:
+        actual, aligned, alignment_notes = align_recurrent_layers(ctx, expected, actual)
     checks: list[CheckResult] = []
     exp_dirs = {d["path"]: d for d in expected["recurrent"]}
     act_dirs = {d["path"]: d for d in actual["recurrent"]}
@@ -716,8 +723,50 @@ def compare(expected: Mapping, actual: Mapping, *, semantic: bool = False, weigh
     for pa in act_dirs:
         if pa not in seen_dirs_a:
             stray.append(ctx.finding(pa, "recurrent-added", f"recurrent direction {pa} added", None, pa))
-    checks.append(CheckResult("model", ctx.group, tuple(_compare_model(ctx, expected, actual) + stray)))
-    return Comparison(tuple(checks + weight_checks), tuple(dir_pairs))
+    checks.append(CheckResult("model", ctx.group, tuple(_compare_model(ctx, expected, actual) + stray
+                                                        + alignment_notes)))
+    return Comparison(tuple(checks + weight_checks), tuple(dir_pairs), tuple(aligned.items()))
+
+
+def align_recurrent_layers(ctx: "_Ctx", expected: Mapping, actual: Mapping) -> tuple[Mapping, dict[str, str], list]:
+    """Across frameworks, recurrent layers no name matches are paired in order: a converted file often
+    keeps no layer name (TFLite's fused operators are `op<k>`) or another one (Keras 3 traces `lstm` as
+    `lstm_1`). Pairs need the same class of layer (Bidirectional or not) and the same kinds of
+    directions. Returns B with those layers and directions renamed to A's names, {new path: own path},
+    and a warning per pair saying it was paired by position."""
+    exp_dirs = {d["path"]: d for d in expected["recurrent"]}
+    act_dirs = {d["path"]: d for d in actual["recurrent"]}
+    names_e = {layer["name"] for layer in _top(expected["layers"])}
+    names_a = {layer["name"] for layer in _top(actual["layers"])}
+    lone_e = [layer for layer in _top(expected["layers"]) if _dirs_of(layer["name"], exp_dirs)
+              and layer["name"] not in names_a]
+    lone_a = [layer for layer in _top(actual["layers"]) if _dirs_of(layer["name"], act_dirs)
+              and layer["name"] not in names_e]
+    if not lone_e or len(lone_e) != len(lone_a):
+        return actual, {}, []
+
+    def shape(layer: Mapping, dirs: Mapping, name: str) -> list:
+        return [(p[len(name):], dirs[p]["kind"]) for p in _dirs_of(name, dirs)]
+    renames = {}
+    for e, a in zip(lone_e, lone_a):
+        if shape(e, exp_dirs, e["name"]) != shape(a, act_dirs, a["name"]) or \
+                (e["class"] == "Bidirectional") != (a["class"] == "Bidirectional"):
+            return actual, {}, []
+        renames[a["name"]] = e["name"]
+    aligned: dict[str, str] = {}
+    recurrent = []
+    for d in actual["recurrent"]:
+        head, sep, tail = d["path"].partition("/")
+        if head in renames:
+            new = renames[head] + sep + tail
+            aligned[new] = d["path"]
+            d = dict(d, path=new, layer=renames[head])
+        recurrent.append(d)
+    layers = [dict(layer, name=renames.get(layer["name"], layer["name"])) for layer in actual["layers"]]
+    notes = [ctx.finding(new, "aligned", f"{old} ({_framework(actual)}) compared with {new} "
+                                         f"({_framework(expected)}) by position: no layer name in common",
+                         new, old, severity="warning") for old, new in renames.items()]
+    return dict(actual, layers=layers, recurrent=recurrent), aligned, notes
 
 
 # Root causes first (a changed unit count explains the shapes and parameter counts after it).
@@ -1006,11 +1055,13 @@ def diff_data(path_a: str | os.PathLike, path_b: str | os.PathLike, stats: bool 
     with open_model(path_a) as ma, open_model(path_b) as mb:
         sa = build_snapshot(ma, str(path_a), with_checksums=False)
         sb = build_snapshot(mb, str(path_b), with_checksums=False)
-        pairs = compare(sa, sb, semantic=True).pairs
+        comparison = compare(sa, sb, semantic=True)
+        own = dict(comparison.aligned)  # paths B's directions were compared under -> their own paths
         da = {d.path: d for d in directions(ma)}
         db = {d.path: d for d in directions(mb)}
         changes = []
-        for pa, pb in pairs:
+        for pa, pb in comparison.pairs:
+            pb = own.get(pb, pb)
             x, y = da[pa], db[pb]
             blocks = _block_changes(x, y)
             changes.append({"path": pa, "path_b": pb, "kind": x.kind.value, "gates": list(x.gates),

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from lstm_inspect.cells import Block, Direction, Transform, directions, select, with_forget_bias
+from lstm_inspect.cells.quant import direction_storage
 from lstm_inspect.errors import CorruptModelError
 from lstm_inspect.formats import open_model
 from lstm_inspect.model import Model, Weight
@@ -116,9 +117,19 @@ def _keras_metadata(model: Model, dirs: Sequence[Direction], keys: dict[str, lis
                 "corrections": list(d.corrections),
                 "stored_dtype": d.blocks[0].source.dtype if d.blocks else None,
                 "blocks": {b.name: {"key": k, "shape": list(b.shape)} for b, k in zip(d.blocks, keys[d.path])},
+                **_other_framework_facts(d),
             } for d in dirs
         },
     }
+
+
+def _other_framework_facts(d: Direction) -> dict:
+    """Facts Keras directions never have, present only when stated: clipping, projection, and per block the
+    stored dtype, scales and zero points of quantized weights (the blocks themselves are the dequantized
+    float32 values; TFLite float16 blocks are written as stored, float16)."""
+    facts = {"projection_size": d.projection_size, "cell_clip": d.cell_clip, "proj_clip": d.proj_clip,
+             "quantization": direction_storage(d)}
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 

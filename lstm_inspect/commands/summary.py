@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from lstm_inspect.cells import Direction, directions
+from lstm_inspect.cells.quant import direction_storage
 from lstm_inspect.model import Layer, Model
 
 SCHEMA_VERSION = 1
@@ -36,6 +37,8 @@ def summarize(model: Model, dirs: list[Direction] | None = None) -> dict[str, An
         "recurrent": [direction_dict(d) for d in dirs],
         "notes": list(model.notes) + code_notes(model.layers),
         **_stated(producer=model.producer, optimizer_params=model.optimizer_params or None),
+        # what only this format states (TFLite: operators, fused or not, stored constants, parameter counts)
+        **({model.framework.value: dict(model.format_facts)} if model.format_facts else {}),
     }
 
 
@@ -101,7 +104,7 @@ def direction_dict(d: Direction) -> dict[str, Any]:
         "corrections": list(d.corrections),
         "notes": list(d.notes),
         **_stated(projection_size=d.projection_size, forget_bias=d.forget_bias, cell_clip=d.cell_clip,
-                  proj_clip=d.proj_clip, gate_clip=d.gate_clip),
+                  proj_clip=d.proj_clip, gate_clip=d.gate_clip, quantization=direction_storage(d)),
     }
 
 

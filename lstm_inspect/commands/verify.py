@@ -47,18 +47,22 @@ class Runner:
     require: Callable[[], None]
     check: Callable[..., dict]
     render_table: Callable[[Mapping[str, Any], Any], None]
-    tolerance: float = 1e-5
+    tolerance: float | None = 1e-5  # None: the check chooses per direction (quantized TFLite)
 
 
 def runner_for(framework: str) -> Runner:
     """Keras (and TF2 Keras-shaped layers) run in Keras, TF1 cells in TensorFlow, ONNX nodes in
-    onnxruntime; each imported only here, on the parent side."""
+    onnxruntime, TFLite operators in tf.lite.Interpreter; each imported only here, on the parent side."""
     from lstm_inspect.render import verify as render
     if framework == "onnx":
         from lstm_inspect.commands import verify_onnx
         from lstm_inspect.render import verify_onnx as render_onnx
         return Runner(verify_onnx.require_onnxruntime, verify_onnx.check, render_onnx.render_table,
                       verify_onnx.DEFAULT_TOLERANCE)
+    if framework == "tflite":
+        from lstm_inspect.commands import verify_tflite
+        from lstm_inspect.render import verify_tflite as render_tflite
+        return Runner(verify_tflite.require_tensorflow, verify_tflite.check, render_tflite.render_table, None)
     if framework == "tensorflow":
         from lstm_inspect.commands import verify_tf
         return Runner(require_tensorflow, verify_tf.check, render.render_table)
@@ -83,6 +87,9 @@ def collect(path: str, patterns: Sequence[str] = (), file_tensors: bool = True,
             raise UsageError("the model has no recurrent layers")
         if model.framework is Framework.ONNX:
             from lstm_inspect.commands.verify_onnx import collect_model
+            return collect_model(model, path, dirs, file_tensors)
+        if model.framework is Framework.TFLITE:  # the interpreter, not Keras, runs it (verify_tflite)
+            from lstm_inspect.commands.verify_tflite import collect_model
             return collect_model(model, path, dirs, file_tensors)
         owners = _weight_owners(model)
         producer = _producer(model.keras_version, dirs)

@@ -52,6 +52,9 @@ def reader_for(container: Container) -> Reader:
     if container is Container.TENSORFLOW:
         from lstm_inspect.formats.tf.reader import read_tensorflow
         return read_tensorflow
+    if container is Container.TFLITE:
+        from lstm_inspect.formats.tflite.reader import read_model
+        return read_model
     from lstm_inspect.formats.keras.files import READERS
     return READERS[container]
 

@@ -24,9 +24,11 @@ class Container(enum.Enum):
     JSON = "json"
     ONNX = "onnx"
     TENSORFLOW = "tensorflow"  # a TF checkpoint (prefix, .index, data shard, V1 file) or SavedModel folder
+    TFLITE = "tflite"
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+TFLITE_IDENTIFIER = b"TFL3"  # a FlatBuffers file identifier: bytes 4-8, after the root offset
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 _HEAD_BYTES = 4096
 
@@ -145,6 +147,8 @@ def _classify(head: bytes, userblock_hdf5: bool, name: str, size: int | None = N
         return Container.HDF5
     if head.startswith(_ZIP_SIGNATURES):
         return Container.ZIP
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return Container.TFLITE
     if userblock_hdf5:
         return Container.HDF5
     if strip_bom(head).lstrip(b" \t\r\n").startswith(b"{"):
@@ -166,7 +170,6 @@ def _looks_like(head: bytes, name: str) -> str:
     lower, suffix = text[:64].lower(), os.path.splitext(name)[1].lower()
     checks = (
         (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5, "looks like a Python pickle, which is never loaded"),
-        (head[4:8] == b"TFL3", "looks like a TensorFlow Lite flatbuffer"),
         (head.startswith(b"\x93NUMPY"), "looks like a NumPy .npy array"),
         (head.startswith(b"version https://git-lfs"), "is a Git LFS pointer, not the model itself (git lfs pull?)"),
         (lower.startswith((b"<!doctype html", b"<html")), "looks like an HTML page (a failed download?)"),

@@ -49,6 +49,8 @@ def header_line(s: dict) -> str:
 
 
 def totals_lines(s: dict) -> list[str]:
+    if s.get("tflite"):
+        return tflite_lines(s["tflite"])
     dtype_text = ", ".join(f"{d} {fmt_bytes(b)}" for d, b in s["bytes_by_dtype"].items()) or "none"
     return [
         f"Total params: {fmt_int(s['total_params'])} ({fmt_bytes(s['total_bytes'])})",
@@ -118,7 +120,88 @@ def direction_facts(d: dict) -> list[str]:
     clips = [f"{k} {d[k]:g}" for k in ("cell_clip", "proj_clip", "gate_clip") if d.get(k)]
     if clips:
         facts.append(", ".join(clips))
+    facts += storage_lines(d)
     return facts
+
+
+def storage_lines(d: dict) -> list[str]:
+    """How the blocks are stored when quantized: per block kind, the stored dtype, the scale of each gate
+    (a range over the channels when per channel) and the zero points."""
+    storage = d.get("quantization")
+    if not storage:
+        return []
+    kinds: dict[str, list[tuple[str, dict]]] = {}
+    for name, entry in storage.items():
+        kind, _, gate = name.partition("_")
+        kinds.setdefault(kind, []).append((gate, entry))
+    lines = []
+    for kind, items in kinds.items():
+        dtypes = "/".join(sorted({e["stored_dtype"] for _, e in items}))
+        scaled = [(g, e) for g, e in items if e.get("scale")]
+        if not scaled:
+            note = " (widened to float32 at run time)" if dtypes == "float16" else ""
+            lines.append(f"stored {kind}: {dtypes}{note}")
+            continue
+        scales = []
+        for gate, e in scaled:
+            sc = e["scale"]
+            value = f"{sc[0]:.4g}" if len(sc) == 1 else f"{min(sc):.4g}–{max(sc):.4g} ({len(sc)} channels)"
+            scales.append(f"{gate} {value}" if gate else value)
+        zeros = sorted({z for _, e in scaled for z in e["zero_point"]})
+        zero_text = ", ".join(str(z) for z in zeros[:4]) + (", …" if len(zeros) > 4 else "")
+        lines.append(f"stored {kind}: {dtypes}, scale {', '.join(scales)}, zero point {zero_text}")
+    return lines
+
+
+def tflite_lines(t: dict) -> list[str]:
+    """The totals of a TFLite file: stored constants, the Keras parameter count, operators, and every
+    recurrent layer fused or not."""
+    stored, params = t["stored_constants"], t["parameters"]
+    dtype_text = ", ".join(f"{k} {fmt_int(v['values'])} ({fmt_bytes(v['bytes'])})"
+                           for k, v in stored["by_dtype"].items()) or "none"
+    shared = f"; {stored['shared']} tensor(s) reuse another's buffer" if stored["shared"] else ""
+    lines = [f"Stored constants: {fmt_int(stored['values'])} values in {stored['buffers']} buffers "
+             f"({fmt_bytes(stored['bytes'])}): {dtype_text}{shared}"]
+    if params["keras"] is not None:
+        lines.append(f"Keras parameters: {fmt_int(params['keras'])} (recurrent {fmt_int(params['recurrent'])}, "
+                     f"other layers {fmt_int(params['other_layers'])})")
+    else:
+        lines.append(f"Keras parameters: unknown: {fmt_int(params['unknown'])} values of float constants in no "
+                     f"known role (recurrent {fmt_int(params['recurrent'])}, other layers "
+                     f"{fmt_int(params['other_layers'])})")
+    not_params = [f"{_KIND_TEXT.get(k, k)} {fmt_int(v['values'])}" for k, v in stored["by_kind"].items()
+                  if k not in ("parameter", "unknown")]
+    variables = stored["variable_tensors"]
+    if variables["tensors"]:
+        not_params.append(f"state buffers: {variables['tensors']} variable tensor(s), {fmt_int(variables['values'])} "
+                          "values allocated at run time (not stored)")
+    if not_params:
+        lines.append("Not parameters: " + "; ".join(not_params))
+    ops = t["operators"]
+    lines.append(f"Operators: {fmt_int(ops['total'])} ("
+                 + ", ".join(f"{printable(k)} {v}" for k, v in ops["by_kind"].items()) + ")")
+    for layer in t["recurrent_layers"]:
+        lines.append("Recurrent layer " + recurrent_layer_text(layer))
+    return lines
+
+
+_KIND_TEXT = {"state": "state initial values", "shape": "shapes and indices", "copy": "second copies of a bias",
+              "cell": "cell constants", "shared-bias": "biases the converter shares"}
+
+
+def recurrent_layer_text(layer: dict) -> str:
+    name = printable(layer["name"])
+    where = f"operator {layer['op_index']}" + (f" of subgraph {layer['subgraph']}" if layer["subgraph"] else "")
+    side = layer.get("bidirectional")
+    side_text = f", {side['side']} side of {printable(side['layer'])}" if side else ""
+    if layer["fused"]:
+        return f"{name}: fused {layer['operator']} ({where}{side_text})"
+    if layer["form"] == "while-loop":
+        body = layer["body"]
+        custom = f", custom ops {', '.join(layer['custom_ops'])}" if layer.get("custom_ops") else ""
+        return (f"{name}: NOT fused: WHILE loop ({where}{side_text}; body subgraph {body['subgraph']}: "
+                f"{body['operators']} operators{custom}), cell {layer['kind']}")
+    return f"{name}: NOT fused: unrolled over {layer.get('steps')} steps ({where}{side_text}), cell {layer['kind']}"
 
 
 # --- table -------------------------------------------------------------------------------------

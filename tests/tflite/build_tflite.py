@@ -2,16 +2,20 @@
 
 Run by tests/tflite/conftest.py in a subprocess (the test process never imports TensorFlow):
 
-    python tests/tflite/build_tflite.py --out DIR            # every case, two at a time
-    python tests/tflite/build_tflite.py --out DIR --case X   # one case (what the parent runs per case)
+    python tests/tflite/build_tflite.py --out DIR              # every case, two processes at a time
+    python tests/tflite/build_tflite.py --out DIR --cases X,Y  # some cases in one process (one framework)
 
-Each conversion runs in its own process because TF 2.21's converter segfaults on full-int8 WHILE loops;
-a failed case is recorded (return code and the end of stderr), never fatal. Per case the folder gets:
+TF 2.21's converter segfaults on full-int8 quantization of WHILE loops (ISOLATED): each of those runs in
+its own process. Every other case of a framework runs in one process (TensorFlow is imported once);
+a case whose process dies before its record is complete is run again alone, so one crash costs no other
+case. A failed case is recorded (return code and the end of stderr), never fatal. Per case the folder gets:
   <case>.tflite                     the converted model
   <case>/keras/<layer>__<k>.npy     the Keras layer's get_weights()[k]
   <case>/interp/<sg>_<tensor>.npy   the TF interpreter's value of every stored constant tensor
   <case>.json                       layer names, units, weight files, the interpreter's tensor and op details
-and DIR/truth.json lists every case's record.
+and, once per (framework, model), the Keras model itself: <framework>-<model>.keras (Keras 3) or .h5
+(tf_keras), written by the float32 case (every variant converts the same seeded weights). DIR/truth.json
+lists every case's record.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,9 +43,19 @@ EXTRA = (  # (framework, model, variant): layouts the main grid does not produce
 )
 
 
+# Full-int8 conversions of the models that become WHILE loops: the converter crashes (SIGSEGV) on them.
+LOOPS = {"keras3": ("lstm", "bilstm", "gru", "gru_v1", "srnn", "rnn_lstmcell", "stacked"),
+         "tf_keras": ("gru", "gru_v1", "srnn", "rnn_lstmcell")}
+ISOLATED = frozenset(f"{fw}-{m}-int8" for fw, models in LOOPS.items() for m in models)
+
+
 def all_cases() -> list[str]:
     grid = [(fw, m, v) for fw in FRAMEWORKS for m in MODELS for v in VARIANTS]
     return ["-".join(c) for c in grid + list(EXTRA)]
+
+
+def keras_file(framework: str, model: str) -> str:
+    return f"{framework}-{model}.keras" if framework == "keras3" else f"{framework}-{model}.h5"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,8 +200,12 @@ def run_case(case: str, out: Path) -> None:
     keras = keras_module(framework)
     import tensorflow as tf
 
+    clear = getattr(keras.backend, "clear_session", None) or keras.utils.clear_session
+    clear()  # one process converts many models: start each from a fresh graph and fresh names
     keras.utils.set_random_seed(1)
     model = build_model(keras, model_kind)
+    if variant == "float32" and model_kind in MODELS:  # (lstm_tm's Lambda cannot be saved: it holds a module)
+        model.save(str(out / keras_file(framework, model_kind)))
     folder = out / case
     (folder / "keras").mkdir(parents=True, exist_ok=True)
     layers = recurrent_layers(keras, model)
@@ -198,7 +217,8 @@ def run_case(case: str, out: Path) -> None:
             files.append({"file": name, "shape": list(w.shape)})
         layer["weights"] = files
     record = {"case": case, "framework": framework, "model": model_kind, "variant": variant,
-              "model_name": model.name, "layers": layers, "steps": T, "features": F}
+              "model_name": model.name, "layers": layers, "steps": T, "features": F,
+              "keras_file": keras_file(framework, model_kind) if model_kind in MODELS else None}
     (out / f"{case}.json").write_text(json.dumps(record, indent=1))  # written before converting: a crash keeps it
     path = out / f"{case}.tflite"
     path.write_bytes(convert(tf, model, variant))
@@ -208,36 +228,70 @@ def run_case(case: str, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# every case, each in its own process
+# every case: one process per framework, the crashing conversions each in their own
+
+
+def jobs() -> list[list[str]]:
+    """Cases grouped per process, longest first: each framework's convertible cases, then each ISOLATED one."""
+    cases = all_cases()
+    groups = [[c for c in cases if c.startswith(fw + "-") and c not in ISOLATED] for fw in FRAMEWORKS]
+    return sorted(groups, key=len, reverse=True) + [[c] for c in cases if c in ISOLATED]
 
 
 def run_all(out: Path, workers: int = 2) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(workers) as pool:
-        records = list(pool.map(lambda case: run_child(case, out), all_cases()))
+        done = dict(kv for group in pool.map(lambda cases: run_group(cases, out), jobs()) for kv in group.items())
+    records = [done[case] for case in all_cases()]
     (out / "truth.json").write_text(json.dumps(records, indent=1))
     print(f"{sum(r['status'] == 'ok' for r in records)} of {len(records)} conversions succeeded")
 
 
-def run_child(case: str, out: Path) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, __file__, "--out", str(out), "--case", case],
-                          env=env, capture_output=True, text=True, timeout=900)
+def run_group(cases: list[str], out: Path) -> dict[str, dict]:
+    """Run the cases in one process; any case its process did not finish (a crash) runs again alone."""
+    start = time.monotonic()
+    proc = run_child(cases, out)
+    print(f"{time.monotonic() - start:6.1f} s  {len(cases)} case(s) from {cases[0]}, exit {proc.returncode}",
+          flush=True)
+    records = {}
+    for case in cases:
+        record = read_record(out, case)
+        if "done" not in record and len(cases) > 1:
+            return {**records, **{c: r for c in cases[len(records):] for c, r in run_group([c], out).items()}}
+        ok = proc.returncode == 0 and "file" in record or "done" in record and "file" in record
+        record.update(status="ok" if ok else "failed", returncode=0 if "done" in record else proc.returncode,
+                      stderr_tail="" if ok else proc.stderr[-1500:])
+        records[case] = record
+    return records
+
+
+def read_record(out: Path, case: str) -> dict:
     info = out / f"{case}.json"
-    record = json.loads(info.read_text()) if info.exists() else {"case": case}
-    ok = proc.returncode == 0 and "file" in record
-    record.update(status="ok" if ok else "failed", returncode=proc.returncode,
-                  stderr_tail="" if ok else proc.stderr[-1500:])
-    return record
+    return json.loads(info.read_text()) if info.exists() else {"case": case}
+
+
+def run_child(cases: list[str], out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, __file__, "--out", str(out), "--cases", ",".join(cases)],
+                          env=env, capture_output=True, text=True, timeout=3000)
+
+
+def run_cases(cases: list[str], out: Path) -> None:
+    for case in cases:
+        run_case(case, out)
+        record = read_record(out, case)
+        record["done"] = True  # the case finished: a later crash of this process does not concern it
+        (out / f"{case}.json").write_text(json.dumps(record, indent=1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--case")
+    parser.add_argument("--cases", help="comma-separated cases, run in this process (one framework)")
+    parser.add_argument("--case", help="one case (same as --cases with one)")
     args = parser.parse_args()
-    if args.case:
-        run_case(args.case, args.out)
+    if args.cases or args.case:
+        run_cases((args.cases or args.case).split(","), args.out)
     else:
         run_all(args.out)
 

@@ -66,3 +66,18 @@ def load_schema_module():
 @pytest.fixture(scope="session")
 def spg():
     return load_schema_module()
+
+
+@pytest.fixture(scope="session")
+def runnable_models(spg, tmp_path_factory) -> dict:
+    """The hand-built fused-operator models of runnable.py: name -> (path, truth)."""
+    from .runnable import write_all
+    return write_all(spg, tmp_path_factory.mktemp("tflite_runnable"))
+
+
+def converted(tflite_zoo: dict, case: str) -> dict:
+    """A case's record; skips when the converter failed on it (asserted in test_schema)."""
+    record = tflite_zoo[case]
+    if record["status"] != "ok":
+        pytest.skip(f"the converter failed on {case} (asserted in test_schema)")
+    return record

@@ -82,6 +82,7 @@ _MAX_MEETING = 64  # FC pairs tried at one ADD
 _MAX_CELLS = 64  # weight pairs (cells) per subgraph
 _MAX_TRACE = 64  # ops walked back from a tensor
 _CELL_SCOPE = re.compile(r"^(lstm|gru|simple_rnn|peephole_lstm)_cell(_\d+)?$")
+_SIDE_SCOPE = re.compile(r"^(fw|bw|forward|backward)(_.*)?$")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +379,9 @@ def _fused_op(g: _Graph, op: Operator) -> FusedOp:
     units, input_size, output_size = _fused_sizes(g, op, inputs)
     own = [r.tensor for r in inputs if r.role not in ("input", "aux_input")] + list(op.outputs) + list(op.intermediates)
     name, path = _name_layer(g.names(own), g.graph.index, op.index)
+    if bidirectional and path and "/" in path and _SIDE_SCOPE.match(path.rsplit("/", 1)[1]):
+        path = path.rsplit("/", 1)[0]  # the tensors of one side won the vote: name the layer, not the side
+        name = path.rsplit("/", 1)[-1]
     reversed_input = bool(op.inputs) and op.inputs[0] >= 0 and \
         g.traces_back_to(op.inputs[0], frozenset({"REVERSE_V2"}), _SHAPE_OPS) is not None
     return FusedOp(subgraph=g.graph.index, op_index=op.index, op_name=op.name, cell=cell,

@@ -16,7 +16,7 @@ import math
 import mmap
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -199,6 +199,21 @@ class Tensor:
 
     def read(self) -> np.ndarray:
         """The stored array (read-only, little-endian, in the stored dtype and shape)."""
+        dtype = self._readable_dtype()
+        return np.frombuffer(self.extent.read(), dtype=dtype).reshape(self.shape)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of the first axis, reading only their bytes (0 <= start <= stop <= shape[0])."""
+        dtype = self._readable_dtype()
+        if not self.shape or not 0 <= start <= stop <= self.shape[0]:
+            raise CorruptModelError(f"rows {start}:{stop} of tensor '{printable(self.name, 200)}' of shape "
+                                    f"{list(self.shape)} do not exist")
+        row = math.prod(self.shape[1:]) * dtype.itemsize
+        part = replace(self.extent, offset=self.extent.offset + start * row, nbytes=(stop - start) * row)
+        return np.frombuffer(part.read(), dtype=dtype).reshape((stop - start,) + tuple(self.shape[1:]))
+
+    def _readable_dtype(self) -> np.dtype:
+        """The little-endian dtype of the stored values, after checking that they can be read as an array."""
         shown, file = printable(self.name, 200), self.extent.path if self.extent else None
         if self.external_buffer:
             raise UnsupportedDialectError(f"tensor '{shown}' keeps its data in an external file, "
@@ -215,7 +230,7 @@ class Tensor:
         if expected != self.extent.nbytes:
             raise CorruptModelError(f"tensor '{shown}' of shape {list(self.shape)} and type {self.type_name} "
                                     f"needs {expected} bytes but its buffer holds {self.extent.nbytes}", file=file)
-        return np.frombuffer(self.extent.read(), dtype=dtype).reshape(self.shape)
+        return dtype
 
     def dequantize(self, values: np.ndarray | None = None) -> np.ndarray:
         """Float32 values: float16 widened, quantized integers as (q - zero_point) * scale, per tensor or
